@@ -1,0 +1,1 @@
+"""Built-in guidance constraints (installed as ``infd_solve.constraints``)."""

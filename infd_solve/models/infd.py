@@ -1,0 +1,217 @@
+"""The INFD model: autoencoder to a feature field, CLIF renderer, and a latent diffusion denoiser."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
+
+from .. import rendering
+from ..io import atomic_directory
+from ..sampling import Generator, ddim_timesteps, noise_like, sample_ddim
+from .autoencoder import ConvStackConfig, FieldDecoder, FieldEncoder, Quantizer
+from .renderer import CLIFRenderer, RendererConfig
+
+FORMAT_NAME = "infd-solve"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class INFDConfig:
+    """Everything needed to build an :class:`INFDModel` (no behaviour hidden in registries)."""
+
+    z_shape: tuple[int, int, int] = (3, 64, 64)
+    encoder: ConvStackConfig = field(default_factory=ConvStackConfig)
+    decoder: ConvStackConfig = field(default_factory=ConvStackConfig)
+    n_embed: int | None = 8192  # codebook size; None: no quantizer
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    unet: dict | None = None  # diffusers UNet2DModel config; None: autoencoder only
+    scheduler: dict = field(
+        default_factory=lambda: {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                                 "beta_start": 0.0015, "beta_end": 0.0195}
+    )  # diffusers DDPMScheduler config
+    ddim_eta: float = 1.0
+
+    def __post_init__(self):
+        self.z_shape = tuple(int(v) for v in self.z_shape)
+        for name in ("encoder", "decoder"):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, ConvStackConfig(**getattr(self, name)))
+        if isinstance(self.renderer, dict):
+            self.renderer = RendererConfig(**self.renderer)
+        if self.encoder.z_channels != self.z_shape[0] or self.decoder.z_channels != self.z_shape[0]:
+            raise ValueError(f"z_shape {self.z_shape} does not match the autoencoder's z_channels")
+        if self.renderer.feature_channels != self.decoder.block_out_channels[0]:
+            raise ValueError(
+                f"renderer.feature_channels={self.renderer.feature_channels} but the decoder's field has "
+                f"{self.decoder.block_out_channels[0]} channels"
+            )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Image size the encoder expects (latent size times the downsampling factor)."""
+        return self.z_shape[1] * self.encoder.downsampling, self.z_shape[2] * self.encoder.downsampling
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "z_shape": list(self.z_shape),
+            "encoder": self.encoder.to_dict(),
+            "decoder": self.decoder.to_dict(),
+            "n_embed": self.n_embed,
+            "renderer": self.renderer.to_dict(),
+            "unet": self.unet,
+            "scheduler": self.scheduler,
+            "ddim_eta": self.ddim_eta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "INFDConfig":
+        d = {k: v for k, v in d.items() if k not in ("format", "version")}
+        return cls(**d)
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN/inf values")
+
+
+def _check_channels(name: str, x: torch.Tensor, channels: int, spatial: tuple[int, int] | None = None) -> None:
+    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a B x {channels} x H x W tensor, got shape {shape}")
+    if spatial is not None and tuple(x.shape[2:]) != tuple(spatial):
+        raise ValueError(f"{name} must have spatial size {tuple(spatial)}, got {tuple(x.shape[2:])}")
+
+
+class INFDModel(nn.Module):
+    """Image Neural Field Diffusion model.
+
+    ``encode``: image -> latent ``z``; ``decode``: latent -> feature field ``phi``; ``render``: field -> RGB
+    on any box at any size; ``denoise``/``sample``: latent diffusion. Images are in [-1, 1].
+    """
+
+    def __init__(self, config: INFDConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = FieldEncoder(config.encoder)
+        self.quantizer = Quantizer(config.n_embed, config.z_shape[0]) if config.n_embed else None
+        self.decoder = FieldDecoder(config.decoder)
+        self.renderer = CLIFRenderer(config.renderer)
+        self.unet = UNet2DModel(**config.unet) if config.unet is not None else None
+        self.scheduler = DDPMScheduler(**config.scheduler)
+
+    # ----------------------------------------------------------------------------------------- autoencoder
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``B x 3 x H x W`` in [-1, 1] -> pre-quantization latents (resized to the input size)."""
+        _check_channels("x", x, self.config.encoder.in_channels)
+        _check_finite("x", x)
+        size = self.config.input_size
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+        return self.encoder(x)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(z)[0] if self.quantizer is not None else z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> feature field ``phi`` (quantized first, as the official ``decode_z``)."""
+        _check_channels("z", z, self.config.z_shape[0])
+        _check_finite("z", z)
+        return self.decoder(self.quantize(z))
+
+    # ------------------------------------------------------------------------------------------- rendering
+    def _check_field(self, phi: torch.Tensor) -> None:
+        _check_channels("phi", phi, self.config.renderer.feature_channels)
+        _check_finite("phi", phi)
+
+    def render(self, phi: torch.Tensor, size, box=rendering.FULL_CANVAS) -> torch.Tensor:
+        """RGB ``B x 3 x h x w`` of ``box`` (left, top, right, bottom in canvas fractions) at ``size``."""
+        self._check_field(phi)
+        return rendering.render_box(self.renderer, phi, rendering.check_box(box), rendering.check_size(size))
+
+    def render_image(self, phi: torch.Tensor, size, tile: int = 256, pad: int = 8, mode: str = "exact",
+                     progress: bool = False) -> torch.Tensor:
+        """The whole canvas at ``size`` in tiles with bounded memory (see :func:`rendering.render_image`).
+
+        Default ``mode="exact"``: the image does not depend on the tile size (equal to one ``render`` call);
+        ``mode="official"`` reproduces the official sampler's patchwise output.
+        """
+        self._check_field(phi)
+        return rendering.render_image(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress)
+
+    # ------------------------------------------------------------------------------------------- diffusion
+    def _require_unet(self) -> UNet2DModel:
+        if self.unet is None:
+            raise RuntimeError("this model has no diffusion denoiser (autoencoder only)")
+        return self.unet
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    def denoise(self, z_t: torch.Tensor, t) -> torch.Tensor:
+        """Noise prediction ``eps`` for latents ``z_t`` at integer timestep(s) ``t``."""
+        unet = self._require_unet()
+        _check_channels("z_t", z_t, self.config.z_shape[0])
+        t = torch.as_tensor(t, device=z_t.device)
+        if t.dim() == 0:
+            t = t.expand(z_t.shape[0])
+        return unet(z_t, t).sample
+
+    def sample(
+        self,
+        batch_size: int,
+        steps: int = 200,
+        eta: float | None = None,
+        generator: Generator = None,
+        noise: torch.Tensor | None = None,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Unconditional DDIM samples (latents ``z0``); decode and render them to get images.
+
+        ``eta`` defaults to the checkpoint's (official: 1.0). ``generator`` may be one generator or one per
+        sample; ``noise`` (B x C x h x w) fixes the start.
+        """
+        self._require_unet()
+        shape = (batch_size, *self.config.z_shape)
+        if noise is None:
+            x = noise_like(shape, generator, self.device, self.dtype)
+        else:
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+            x = noise.to(self.device, self.dtype)
+        eta = self.config.ddim_eta if eta is None else float(eta)
+        timesteps = ddim_timesteps(steps, self.scheduler.config.num_train_timesteps)
+        with torch.no_grad():
+            return sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)
+
+    # ------------------------------------------------------------------------------------------- utilities
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically, never half-written)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        return Path(directory)

@@ -1,0 +1,87 @@
+"""``load_model``: official checkpoints, our saved directories, and the shipped default, all offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .infd import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, INFDConfig, INFDModel
+from .official import CheckpointError, load_official
+
+OFFICIAL_HINT = (
+    "Official INFD checkpoints (e.g. the FFHQ model of yinboc/infd) are downloaded by you on a machine with "
+    "internet access and passed here as a local .pth path; infd-solve never downloads anything."
+)
+
+
+def _list(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_checked_state_dict(model: torch.nn.Module, state: dict, source, unexpected=()) -> None:
+    """Load ``state`` strictly; on any mismatch raise :class:`CheckpointError` listing what is wrong."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = list(unexpected) + [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_list(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatches (file != model): {_list(wrong, 6)}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the model config; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_pretrained(directory: str | Path) -> INFDModel:
+    """Load a directory written by :meth:`INFDModel.save` (``config.json`` + ``model.safetensors``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: an infd-solve model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{config_path} is not an infd-solve model config (no \"format\": \"{FORMAT_NAME}\")")
+    try:
+        config = INFDConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: invalid model config: {e}") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    model = INFDModel(config)
+    load_checked_state_dict(model, state, weights_path)
+    return model.eval()
+
+
+def load_model(path_or_name: str | Path, ema: bool = True, device: str | torch.device | None = None) -> INFDModel:
+    """Load an INFD model offline.
+
+    ``path_or_name``: ``"default"`` (the model shipped in ``infd_solve.pretrained``), a directory saved by
+    :meth:`INFDModel.save`, or an official INFD checkpoint file (``.pth``; EMA denoiser unless ``ema=False``).
+    """
+    from .. import pretrained
+
+    if isinstance(path_or_name, str) and path_or_name in pretrained.NAMES:
+        path = pretrained.model_dir(path_or_name)
+    else:
+        path = Path(path_or_name)
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}. {OFFICIAL_HINT}")
+    model = load_pretrained(path) if path.is_dir() else load_official(path, ema=ema)
+    return model.to(device) if device is not None else model

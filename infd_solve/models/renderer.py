@@ -1,0 +1,115 @@
+"""CLIF renderer: turns a feature field ``phi`` into RGB at any pixel grid.
+
+For each query pixel it takes the nearest feature vector of ``phi``, the query's coordinate relative to that
+feature's centre and the pixel size (both in units of one feature cell), and passes the concatenation through
+a small convolutional net over the query grid.
+
+With ``normalize=True`` (the official renderer) every GroupNorm takes its statistics over the whole grid of
+one call, so what a pixel looks like depends on which other pixels are rendered with it. With
+``normalize=False`` the renderer is *local*: a pixel depends only on its ``receptive_radius`` neighbours, so
+any box rendered with that halo is exactly the crop of a larger render (see :mod:`infd_solve.rendering`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# norm_fn(index, norm_layer, h) -> normalized h. Lets tiled rendering supply grid-wide statistics.
+NormFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RendererConfig:
+    feature_channels: int = 128
+    hidden_channels: int = 256
+    kernel_size: int = 3
+    normalize: bool = True
+    num_res_blocks: int = 2
+
+    def __post_init__(self):
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        if self.normalize and self.hidden_channels % 32:
+            raise ValueError(f"hidden_channels must be a multiple of 32 with normalize=True (got {self.hidden_channels})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(channels: int, normalize: bool) -> nn.Module:
+    return nn.GroupNorm(32, channels, eps=1e-6) if normalize else nn.Identity()
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, normalize: bool):
+        super().__init__()
+        pad = kernel_size // 2
+        self.norm1 = _norm(channels, normalize)
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.norm2 = _norm(channels, normalize)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+
+
+class CLIFRenderer(nn.Module):
+    def __init__(self, config: RendererConfig):
+        super().__init__()
+        self.config = config
+        c, k = config.hidden_channels, config.kernel_size
+        self.conv_in = nn.Conv2d(config.feature_channels + 4, c, k, padding=k // 2)
+        self.resnets = nn.ModuleList(ResBlock(c, k, config.normalize) for _ in range(config.num_res_blocks))
+        self.norm_out = _norm(c, config.normalize)
+        self.conv_out = nn.Conv2d(c, 3, k, padding=k // 2)
+
+    @property
+    def is_local(self) -> bool:
+        """True when no layer mixes statistics across the rendered grid."""
+        return not self.config.normalize
+
+    @property
+    def receptive_radius(self) -> int:
+        """How many query pixels away an output pixel can see (every conv adds kernel_size // 2)."""
+        return (self.config.kernel_size // 2) * (2 + 2 * self.config.num_res_blocks)
+
+    @property
+    def norm_layers(self) -> list[nn.Module]:
+        """The normalization layers in the order ``net`` applies them (indices of ``norm_fn``)."""
+        layers = [n for block in self.resnets for n in (block.norm1, block.norm2)]
+        return layers + [self.norm_out]
+
+    def query(self, phi: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Renderer input ``[B, C+4, H, W]``: nearest feature, relative coordinate, relative cell.
+
+        ``coord``/``cell``: ``[B or 1, H, W, 2]`` with ``[..., 0]`` the row (y) and ``[..., 1]`` the column
+        (x) component in [-1, 1] canvas units.
+        """
+        b, c, h, w = phi.shape
+        scale = torch.tensor([h, w], dtype=phi.dtype, device=phi.device).view(1, 2, 1, 1)
+        rows = -1 + (2 * torch.arange(h, dtype=phi.dtype, device=phi.device) + 1) / h
+        cols = -1 + (2 * torch.arange(w, dtype=phi.dtype, device=phi.device) + 1) / w
+        centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(b, 2, h, w)
+        # One nearest lookup fetches the feature and its cell centre; grid_sample wants (x, y) order and
+        # rounds half to even, which is the official tie-breaking.
+        grid = coord.flip(-1).expand(b, *coord.shape[1:])
+        picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
+        q_feat, q_centre = picked[:, :c], picked[:, c:]
+        rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
+        rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
+        return torch.cat([q_feat, rel_coord, rel_cell], 1)
+
+    def net(self, x: torch.Tensor, norm_fn: NormFn | None = None) -> torch.Tensor:
+        """The conv net over the query grid; ``norm_fn`` may replace how each norm layer is applied."""
+        norm = norm_fn or (lambda index, layer, h: layer(h))
+        h = self.conv_in(x)
+        for i, block in enumerate(self.resnets):
+            r = block.conv1(F.silu(norm(2 * i, block.norm1, h)))
+            r = block.conv2(F.silu(norm(2 * i + 1, block.norm2, r)))
+            h = h + r
+        return self.conv_out(F.silu(norm(2 * len(self.resnets), self.norm_out, h)))
+
+    def forward(self, phi: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        return self.net(self.query(phi, coord, cell))

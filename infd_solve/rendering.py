@@ -1,0 +1,225 @@
+"""Rendering a feature field on pixel grids: boxes, halos and large tiled images.
+
+Conventions (shared with the official INFD code): a box is ``(left, top, right, bottom)`` in canvas fractions
+[0, 1], y down. Pixel ``(i, j)`` of an ``H x W`` render of a box has its centre at
+``y = top + (bottom - top) (i + 0.5) / H`` and ``x = left + (right - left) (j + 0.5) / W``; the renderer
+receives ``coord = (2y - 1, 2x - 1)`` and ``cell = (2 (bottom - top) / H, 2 (right - left) / W)``.
+
+Grids are addressed by integer pixel indices of the box's virtual ``H x W`` grid, possibly outside
+``[0, H)``, so that a halo or a tile continues exactly the same pixel lattice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .models.renderer import CLIFRenderer
+
+Box = tuple[float, float, float, float]
+FULL_CANVAS: Box = (0.0, 0.0, 1.0, 1.0)
+RENDER_MODES = ("exact", "official")
+
+
+def check_box(box: Sequence[float], name: str = "box") -> Box:
+    """Validate a box in canvas fractions and return it as four floats."""
+    try:
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be four numbers (left, top, right, bottom), got {box!r}") from None
+    if len(values) != 4:
+        raise ValueError(f"{name} must be four numbers (left, top, right, bottom), got {box!r}")
+    left, top, right, bottom = values
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}={box!r} contains NaN or inf")
+    if min(values) < 0 or max(values) > 1:
+        raise ValueError(f"{name}={box!r} lies outside the canvas: every value must be in [0, 1]")
+    if right <= left or bottom <= top:
+        raise ValueError(f"{name}={box!r} is inverted or has zero area: need left < right and top < bottom")
+    return values
+
+
+def check_size(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """Validate ``size`` (an int or ``(height, width)``) and return ``(height, width)``."""
+    pair = (size, size) if isinstance(size, (int,)) and not isinstance(size, bool) else size
+    try:
+        h, w = pair
+        ok = all(int(v) == v and v > 0 for v in (h, w)) and not any(isinstance(v, bool) for v in (h, w))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive int or (height, width) of positive ints, got {size!r}")
+    return int(h), int(w)
+
+
+def pixel_grid(
+    box: Box,
+    size: tuple[int, int],
+    rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``coord`` and ``cell`` (each ``[1, h, w, 2]``) for pixel rows ``[r0, r1)`` and columns ``[c0, c1)``.
+
+    Computed in float64 and rounded once, so a tile or halo sees the same coordinates as the whole grid.
+    """
+    left, top, right, bottom = box
+    height, width = size
+    r0, r1 = rows or (0, height)
+    c0, c1 = cols or (0, width)
+    i = torch.arange(r0, r1, dtype=torch.float64, device=device)
+    j = torch.arange(c0, c1, dtype=torch.float64, device=device)
+    y = 2 * (top + (bottom - top) * (i + 0.5) / height) - 1
+    x = 2 * (left + (right - left) * (j + 0.5) / width) - 1
+    coord = torch.stack(torch.meshgrid(y, x, indexing="ij"), -1)
+    cell = torch.tensor([2 * (bottom - top) / height, 2 * (right - left) / width], dtype=torch.float64, device=device)
+    cell = cell.expand_as(coord)
+    return coord.unsqueeze(0).to(dtype), cell.unsqueeze(0).to(dtype)
+
+
+def _pixels_inside(gap: float, step: float) -> int:
+    """How many pixels of spacing ``step`` beyond a box edge still have their centre on the canvas."""
+    return max(0, math.floor(gap / step + 0.5 + 1e-9))
+
+
+def render_box(renderer: CLIFRenderer, phi: torch.Tensor, box: Box, size: tuple[int, int]) -> torch.Tensor:
+    """Render ``box`` at ``size``.
+
+    Normalizing renderer: one call over exactly this grid (official semantics, also how training patches are
+    rendered). Local renderer: the grid is extended by the receptive radius (clipped at the canvas edge) and
+    cropped, so the result equals the same pixels of any larger render on the same lattice.
+    """
+    if not renderer.is_local:
+        coord, cell = pixel_grid(box, size, device=phi.device, dtype=phi.dtype)
+        return renderer(phi, coord, cell)
+    left, top, right, bottom = box
+    height, width = size
+    dy, dx = (bottom - top) / height, (right - left) / width
+    r = renderer.receptive_radius
+    halo_top, halo_bottom = min(r, _pixels_inside(top, dy)), min(r, _pixels_inside(1 - bottom, dy))
+    halo_left, halo_right = min(r, _pixels_inside(left, dx)), min(r, _pixels_inside(1 - right, dx))
+    coord, cell = pixel_grid(
+        box, size, (-halo_top, height + halo_bottom), (-halo_left, width + halo_right), phi.device, phi.dtype
+    )
+    out = renderer(phi, coord, cell)
+    return out[:, :, halo_top : halo_top + height, halo_left : halo_left + width]
+
+
+def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[int, int, int, int]]:
+    for r0 in range(0, height, tile):
+        for c0 in range(0, width, tile):
+            yield r0, min(r0 + tile, height), c0, min(c0 + tile, width)
+
+
+def _render_window(renderer, phi, size, tile, margin, norm_fn=None):
+    """Render the window of ``tile`` extended by ``margin`` pixels (clipped to the canvas); return the
+    window's net output and the slices of the tile inside it."""
+    r0, r1, c0, c1 = tile
+    height, width = size
+    wr0, wr1, wc0, wc1 = max(r0 - margin, 0), min(r1 + margin, height), max(c0 - margin, 0), min(c1 + margin, width)
+    coord, cell = pixel_grid(FULL_CANVAS, size, (wr0, wr1), (wc0, wc1), phi.device, phi.dtype)
+    centre = (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0))
+    return renderer.net(renderer.query(phi, coord, cell), norm_fn), centre
+
+
+class _StatsCollected(Exception):
+    """Stops a forward pass once the statistics it was run for are gathered."""
+
+
+class _GridNorm:
+    """GroupNorm statistics accumulated over a whole grid, tile by tile (float64 sums)."""
+
+    def __init__(self, layer: torch.nn.GroupNorm, batch: int, device):
+        self.layer = layer
+        groups = layer.num_groups
+        self.count = 0
+        self.sum = torch.zeros(batch, groups, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros(batch, groups, dtype=torch.float64, device=device)
+        self.mean = self.inv_std = None
+
+    def add(self, h: torch.Tensor) -> None:
+        b, c = h.shape[:2]
+        g = h.reshape(b, self.layer.num_groups, -1).double()
+        self.count += g.shape[-1]
+        self.sum += g.sum(-1)
+        self.sum_sq += (g * g).sum(-1)
+
+    def finish(self) -> None:
+        mean = self.sum / self.count
+        var = (self.sum_sq / self.count - mean * mean).clamp_min(0)
+        self.mean, self.inv_std = mean, torch.rsqrt(var + self.layer.eps)
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        b, c = h.shape[:2]
+        g = h.reshape(b, self.layer.num_groups, -1)
+        g = (g - self.mean.to(h.dtype)[..., None]) * self.inv_std.to(h.dtype)[..., None]
+        shape = (1, c) + (1,) * (h.dim() - 2)
+        return g.view_as(h) * self.layer.weight.view(shape) + self.layer.bias.view(shape)
+
+
+@torch.no_grad()
+def render_image(
+    renderer: CLIFRenderer,
+    phi: torch.Tensor,
+    size: tuple[int, int],
+    tile: int = 256,
+    pad: int = 8,
+    mode: str = "exact",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Render the full canvas at ``size`` in tiles, with memory bounded by the tile size.
+
+    ``mode="exact"``: equals one :func:`render_box` call over the whole grid. A local renderer needs one pass
+    (each tile extended by the receptive radius); a normalizing one gathers each GroupNorm's statistics over
+    the whole grid in one streaming pass per norm layer, then renders.
+    ``mode="official"``: the official sampler's patchwise procedure: each tile extended by ``pad`` (clipped at
+    the border) is rendered and normalized on its own, and its centre kept.
+    """
+    if mode not in RENDER_MODES:
+        raise ValueError(f"mode must be one of {RENDER_MODES}, got {mode!r}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    height, width = size
+    batch = phi.shape[0]
+    out = torch.empty(batch, 3, height, width, dtype=phi.dtype, device=phi.device)
+    tiles = list(_tiles(height, width, tile))
+
+    if mode == "official":
+        margin, norms = pad, []
+    else:
+        margin = renderer.receptive_radius
+        norms = [] if renderer.is_local else [_GridNorm(n, batch, phi.device) for n in renderer.norm_layers]
+
+    def norm_fn(stage):
+        def apply(index, layer, h):
+            if index < stage:
+                return norms[index].apply(h)
+            norms[index].add(h[(..., *centre)])
+            raise _StatsCollected
+
+        return apply
+
+    bar = tqdm(total=len(tiles) * (len(norms) + 1), desc=f"render {height}x{width}", disable=not progress)
+    for stage in range(len(norms) + 1):  # one statistics pass per norm layer, then the output pass
+        fn = norm_fn(stage) if norms else None
+        for t in tiles:
+            r0, r1, c0, c1 = t
+            # centre is needed by norm_fn before the window's output exists; compute it the same way.
+            centre = (slice(r0 - max(r0 - margin, 0), r1 - max(r0 - margin, 0)),
+                      slice(c0 - max(c0 - margin, 0), c1 - max(c0 - margin, 0)))
+            try:
+                window, _ = _render_window(renderer, phi, size, t, margin, fn)
+                out[:, :, r0:r1, c0:c1] = window[(..., *centre)]
+            except _StatsCollected:
+                pass
+            bar.update()
+        if stage < len(norms):
+            norms[stage].finish()
+    bar.close()
+    return out
