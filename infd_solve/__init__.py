@@ -1,6 +1,34 @@
-"""infd-solve: zero-shot inverse problems and layout-to-image with Image Neural Field Diffusion models."""
+"""infd-solve: zero-shot inverse problems and layout-to-image with Image Neural Field Diffusion models.
 
-from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model
+The public API is listed in ``__all__``. Names are imported on first use, so ``import infd_solve`` (and
+tools that only look at the package, such as ``infd_solve.pretrained``) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["INFDModel", "INFDConfig", "load_model", "CheckpointError", "UnsafeCheckpointError"]
+
+_API = {
+    "INFDModel": "models",
+    "INFDConfig": "models",
+    "load_model": "models",
+    "CheckpointError": "models",
+    "UnsafeCheckpointError": "models",
+}
+__all__ = list(_API)
+
+if TYPE_CHECKING:
+    from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'infd_solve' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -44,14 +44,16 @@ def read_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         message = str(e)
-        if "Unsupported global" in message or "Unsupported operand" in message or "allowlisted" in message:
-            detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), message.splitlines()[0])
+        if "Unsupported global" in message:  # a GLOBAL opcode: the pickle wants to import a callable
+            detail = next(ln.strip() for ln in message.splitlines() if "Unsupported global" in ln)
+            detail = detail.split("Unsupported global: ")[-1].split(" was not")[0]
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: its pickle references Python code ({detail}), which weights-only "
                 "loading does not allow; nothing from the file was executed. Official INFD checkpoints contain "
                 "only tensors and plain containers."
             ) from None
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({message.splitlines()[0]})") from None
+        detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), message.splitlines()[0])
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot read {path}: truncated or corrupt PyTorch checkpoint ({first})") from None

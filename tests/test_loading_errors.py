@@ -1,0 +1,113 @@
+"""Bad checkpoints fail with messages that say what is wrong; unsafe pickles run nothing."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import infd_solve
+from infd_solve import CheckpointError, UnsafeCheckpointError
+
+
+@pytest.fixture(scope="module")
+def official_ckpt(official_path):
+    return torch.load(official_path, weights_only=True)
+
+
+def test_missing_file_names_path_and_how_to_supply(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pth.*local .pth path"):
+        infd_solve.load_model(tmp_path / "nothere.pth")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pth is empty \(0 bytes\)"):
+        infd_solve.load_model(tmp_path / "empty.pth")
+
+
+def test_truncated_file(tmp_path, official_path):
+    data = official_path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pth: truncated or corrupt"):
+        infd_solve.load_model(tmp_path / "cut.pth")
+
+
+def test_garbage_file(tmp_path):
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(CheckpointError, match="noise.pth") as info:
+        infd_solve.load_model(tmp_path / "noise.pth")
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # would create the marker file if unpickled
+
+
+def test_pickle_with_code_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    torch.save({"model": _Payload(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth: its pickle references Python code"):
+        infd_solve.load_model(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_foreign_checkpoints(tmp_path, official_ckpt):
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"not an official INFD checkpoint.*\['state_dict'\]"):
+        infd_solve.load_model(tmp_path / "other.pth")
+    torch.save({"model": {"name": "vqgan", "args": {}, "sd": {}}}, tmp_path / "vqgan.pth")
+    with pytest.raises(CheckpointError, match="not an INFD model \\(model name 'vqgan'"):
+        infd_solve.load_model(tmp_path / "vqgan.pth")
+
+
+def test_missing_unexpected_and_mismatched_keys_are_listed(tmp_path, official_ckpt):
+    model = dict(official_ckpt["model"])
+    sd = dict(model["sd"])
+    del sd["renderer.net.conv_out.bias"]
+    sd["renderer.net.extra.weight"] = torch.zeros(1)
+    sd["encoder.1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save({**official_ckpt, "model": {**model, "sd": sd}}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as info:
+        infd_solve.load_model(tmp_path / "bad.pth")
+    msg = str(info.value)
+    assert "bad.pth" in msg
+    assert "missing keys: renderer.conv_out.bias" in msg
+    assert "unexpected keys: renderer.net.extra.weight" in msg
+    assert "encoder.quant_conv.weight (3, 3, 3, 3) != (3, 3, 1, 1)" in msg
+
+
+def test_different_architecture_args(tmp_path, official_ckpt):
+    model = json.loads(json.dumps(official_ckpt["model"]["args"]))
+    model["renderer"]["args"]["net"]["args"]["hidden_channels"] = 64
+    torch.save({**official_ckpt, "model": {**official_ckpt["model"], "args": model}}, tmp_path / "arch.pth")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        infd_solve.load_model(tmp_path / "arch.pth")
+
+
+def test_our_format_errors(tmp_path, normalized_model):
+    target = tmp_path / "m"
+    normalized_model.save(target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file"):
+        infd_solve.load_model(target)
+
+    normalized_model.save(target)
+    config = json.loads((target / "config.json").read_text())
+    config["renderer"]["hidden_channels"] = 64
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="model.safetensors: weights do not match the model config"):
+        infd_solve.load_model(target)
+
+    (target / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        infd_solve.load_model(target)
+
+    (target / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        infd_solve.load_model(target)

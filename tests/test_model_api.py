@@ -1,0 +1,86 @@
+"""INFDModel API on small random models: save/load, sampling reproducibility, encoding."""
+
+import json
+
+import pytest
+import torch
+
+import infd_solve
+from infd_solve.sampling import ddim_timesteps
+
+from .conftest import tiny_model
+
+
+def test_save_load_roundtrip(tmp_path, normalized_model):
+    target = tmp_path / "model"
+    normalized_model.save(target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((target / "config.json").read_text())["format"] == "infd-solve"
+    loaded = infd_solve.load_model(target)
+    z = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.render(loaded.decode(z), 12), normalized_model.render(normalized_model.decode(z), 12))
+        assert torch.equal(loaded.denoise(z, 500), normalized_model.denoise(z, 500))
+    # saving again over an existing directory replaces it and leaves no temporary files behind
+    tiny_model(seed=5).save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert not torch.equal(infd_solve.load_model(target).renderer.conv_in.weight, loaded.renderer.conv_in.weight)
+
+
+def test_sample_reproducible_and_per_sample_generators(local_model):
+    def run(seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return local_model.sample(len(seeds), steps=5, eta=1.0, generator=gens, progress=False)
+
+    both = run([3, 4])
+    assert torch.equal(both, run([3, 4]))
+    # a sample does not depend on its batch (random untrained denoiser: large values, relative tolerance)
+    torch.testing.assert_close(run([4])[0], both[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(both[0], both[1])
+    assert torch.isfinite(both).all()
+
+
+def test_sample_callback_sees_every_step(local_model):
+    seen = []
+    local_model.sample(1, steps=4, eta=0.0, generator=torch.Generator().manual_seed(0),
+                       callback=lambda s: seen.append((s["i"], s["t"], tuple(s["x0"].shape))), progress=False)
+    assert seen == [(i, t, (1, 3, 8, 8)) for i, t in enumerate(ddim_timesteps(4))]
+
+
+def test_ddim_timesteps_official_respacing():
+    assert ddim_timesteps(10) == list(range(900, -1, -100))
+    assert ddim_timesteps(25)[:2] == [960, 920] and ddim_timesteps(200)[0] == 995
+    assert len(ddim_timesteps(30)) == 30 and ddim_timesteps(30)[0] == 29 * 34  # smallest stride giving 30 steps
+    with pytest.raises(ValueError, match="steps=600 cannot be spaced"):
+        ddim_timesteps(600)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        ddim_timesteps(0)
+
+
+def test_sample_noise_shape_checked(local_model):
+    with pytest.raises(ValueError, match=r"noise must have shape \(2, 3, 8, 8\)"):
+        local_model.sample(2, steps=2, noise=torch.randn(1, 3, 8, 8), progress=False)
+
+
+def test_encode_resizes_to_input_size(local_model):
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z = local_model.encode(x)
+        direct = local_model.encode(torch.nn.functional.interpolate(x, size=32, mode="bicubic", antialias=True).clamp(-1, 1))
+    assert z.shape == (1, 3, 8, 8)
+    assert torch.allclose(z, direct, atol=1e-6)
+
+
+def test_quantizer_straight_through_gradient(local_model):
+    z = torch.randn(1, 3, 8, 8, requires_grad=True)
+    z_q, _, _ = local_model.quantizer(z)
+    z_q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))
+
+
+def test_autoencoder_only_model_has_no_sampler(tmp_path):
+    model = tiny_model(with_unet=False)
+    with pytest.raises(RuntimeError, match="no diffusion denoiser"):
+        model.sample(1, steps=2)
+    model.save(tmp_path / "ae")
+    assert infd_solve.load_model(tmp_path / "ae").unet is None

@@ -1,0 +1,69 @@
+"""constraints/ and pretrained/ install as infd_solve.constraints / infd_solve.pretrained, never top level.
+
+Builds a regular and an editable wheel with setuptools' PEP 517 hooks (no network) from a copy of the
+repository and installs each into a fresh virtual environment.
+"""
+
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PROBE = (
+    "import importlib.util as u, json; "
+    "print(json.dumps({n: getattr(u.find_spec(n), 'origin', None) for n in "
+    "['infd_solve.constraints', 'infd_solve.pretrained', 'constraints', 'recipes', 'pretrained']}))"
+)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    copy = tmp_path_factory.mktemp("src") / "infd-solve"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", "dist", "fixtures", "outputs", "*.safetensors", ".hypothesis"))
+    return copy
+
+
+def build(source, hook, out):
+    code = f"import setuptools.build_meta as b; print(b.{hook}({str(out)!r}))"
+    name = subprocess.run([sys.executable, "-c", code], cwd=source, check=True, capture_output=True, text=True)
+    return out / name.stdout.strip().splitlines()[-1]
+
+
+def install_and_probe(wheel, env_dir):
+    # A bare environment: infd_solve imports nothing heavy at package level, so find_spec works without torch.
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    out = subprocess.run([py, "-c", PROBE], cwd=env_dir, check=True, capture_output=True, text=True)
+    import json
+
+    return json.loads(out.stdout)
+
+
+def test_regular_wheel(source, tmp_path):
+    wheel = build(source, "build_wheel", tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "infd_solve/constraints/__init__.py" in names and "infd_solve/pretrained/__init__.py" in names
+    assert not any(n.split("/")[0] in ("constraints", "recipes", "pretrained", "tests") for n in names)
+    found = install_and_probe(wheel, tmp_path / "env")
+    site = str(tmp_path / "env")
+    assert found["infd_solve.constraints"].startswith(site)
+    assert found["infd_solve.constraints"].endswith("infd_solve/constraints/__init__.py")
+    assert found["infd_solve.pretrained"].startswith(site)
+    assert found["constraints"] is None and found["recipes"] is None and found["pretrained"] is None
+
+
+def test_editable_wheel(source, tmp_path):
+    wheel = build(source, "build_editable", tmp_path)
+    found = install_and_probe(wheel, tmp_path / "env")
+    assert found["infd_solve.constraints"] == str(source / "constraints" / "__init__.py")
+    assert found["infd_solve.pretrained"] == str(source / "pretrained" / "__init__.py")
+    assert found["constraints"] is None and found["recipes"] is None and found["pretrained"] is None

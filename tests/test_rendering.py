@@ -1,0 +1,118 @@
+"""Rendering at any box and size: locality, tiling modes, and input checks."""
+
+import math
+
+import pytest
+import torch
+
+from .conftest import tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
+
+
+def field(model, seed=0, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return model.decode(torch.randn(batch, 3, 8, 8, generator=g))
+
+
+def crop(image, size, box):
+    """Pixels of ``box`` cut out of a full-canvas render at ``size`` (box aligned to that pixel grid)."""
+    h, w = size
+    l, t, r, b = box
+    return image[..., round(t * h): round(b * h), round(l * w): round(r * w)]
+
+
+def test_local_renderer_box_is_exact_crop(local_model):
+    assert local_model.renderer.is_local and local_model.renderer.receptive_radius == 6
+    phi = field(local_model)
+    size = (96, 80)
+    full = local_model.render(phi, size)
+    # interior box, boxes touching each border, and a box of a few pixels near a corner
+    for box in [(0.25, 0.125, 0.75, 0.5), (0.0, 0.0, 0.5, 0.25), (0.5, 0.75, 1.0, 1.0), (0.9, 0.0, 1.0, 1 / 24)]:
+        h, w = round((box[3] - box[1]) * size[0]), round((box[2] - box[0]) * size[1])
+        alone = local_model.render(phi, (h, w), box)
+        assert (alone - crop(full, size, box)).abs().max().item() < 1e-5, box
+
+
+def test_normalizing_renderer_box_is_not_a_crop(normalized_model):
+    """The official renderer's GroupNorm makes a box alone differ from the crop: the gap handled elsewhere."""
+    phi = field(normalized_model)
+    full = normalized_model.render(phi, (64, 64))
+    box = (0.25, 0.25, 0.75, 0.75)
+    gap = (normalized_model.render(phi, (32, 32), box) - crop(full, (64, 64), box)).abs().max().item()
+    assert gap > 1e-2
+
+
+@pytest.mark.parametrize("size,tile", [((37, 53), 10), ((61, 29), 16), ((40, 40), 7)])
+def test_exact_tiled_equals_single_call(normalized_model, size, tile):
+    phi = field(normalized_model)
+    single = normalized_model.render(phi, size)
+    tiled = normalized_model.render_image(phi, size, tile=tile, mode="exact")
+    assert (tiled - single).abs().max().item() < 1e-5
+    # the official patchwise procedure is a different image on a normalizing renderer
+    official = normalized_model.render_image(phi, size, tile=tile, pad=2, mode="official")
+    assert (official - single).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("size,tile", [((37, 53), 10), ((20, 64), 64)])
+def test_local_tiled_is_one_pass_and_exact(local_model, size, tile):
+    phi = field(local_model)
+    calls = []
+    hook = local_model.renderer.conv_in.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tiled = local_model.render_image(phi, size, tile=tile)
+    finally:
+        hook.remove()
+    assert len(calls) == math.ceil(size[0] / tile) * math.ceil(size[1] / tile)  # one pass over the tiles
+    assert (tiled - local_model.render(phi, size)).abs().max().item() < 1e-5
+
+
+def test_render_is_differentiable_to_the_latent(local_model):
+    z = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with torch.enable_grad():
+        rgb = local_model.render(local_model.decode(z), (16, 16), (0.2, 0.2, 0.6, 0.6))
+        rgb.square().mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("box,needle", [
+    ((0, 0, 1.2, 1), "outside the canvas"), ((-0.1, 0, 1, 1), "outside the canvas"),
+    ((0.5, 0, 0.2, 1), "inverted or has zero area"), ((0.5, 0.5, 0.5, 0.9), "inverted or has zero area"),
+    ((0, float("nan"), 1, 1), "NaN"), ((0, 0, 1), "four numbers"), ("abcd", "four numbers"),
+])
+def test_bad_box(local_model, box, needle):
+    phi = field(local_model, batch=1)
+    with pytest.raises(ValueError, match="box") as info:
+        local_model.render(phi, 8, box)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0, -3, (4, 0), (2.5, 3), (1, 2, 3), "8", True])
+def test_bad_size(local_model, size):
+    phi = field(local_model, batch=1)
+    with pytest.raises(ValueError, match="size"):
+        local_model.render(phi, size)
+    with pytest.raises(ValueError, match="size"):
+        local_model.render_image(phi, size)
+
+
+def test_bad_latent_and_field(local_model):
+    z = torch.randn(1, 3, 8, 8)
+    z[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="z contains 1 NaN/inf"):
+        local_model.decode(z)
+    with pytest.raises(ValueError, match="z must be a B x 3 x H x W tensor, got shape \\(1, 4, 8, 8\\)"):
+        local_model.decode(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="phi must be a B x 32"):
+        local_model.render(torch.randn(1, 16, 8, 8), 8)
+    with pytest.raises(ValueError, match="x must be a B x 3"):
+        local_model.encode(torch.randn(3, 32, 32))
+    phi = field(local_model, batch=1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        local_model.render_image(phi, 16, mode="fast")
+    with pytest.raises(ValueError, match="tile must be a positive int"):
+        local_model.render_image(phi, 16, tile=0)
