@@ -115,15 +115,13 @@ def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[int, int, int, 
             yield r0, min(r0 + tile, height), c0, min(c0 + tile, width)
 
 
-def _render_window(renderer, phi, size, tile, margin, norm_fn=None):
-    """Render the window of ``tile`` extended by ``margin`` pixels (clipped to the canvas); return the
-    window's net output and the slices of the tile inside it."""
+def _window(tile, margin: int, size: tuple[int, int]):
+    """Rows and columns of ``tile`` extended by ``margin`` (clipped to the canvas), and the tile's slices
+    inside that window."""
     r0, r1, c0, c1 = tile
-    height, width = size
-    wr0, wr1, wc0, wc1 = max(r0 - margin, 0), min(r1 + margin, height), max(c0 - margin, 0), min(c1 + margin, width)
-    coord, cell = pixel_grid(FULL_CANVAS, size, (wr0, wr1), (wc0, wc1), phi.device, phi.dtype)
-    centre = (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0))
-    return renderer.net(renderer.query(phi, coord, cell), norm_fn), centre
+    rows = (max(r0 - margin, 0), min(r1 + margin, size[0]))
+    cols = (max(c0 - margin, 0), min(c1 + margin, size[1]))
+    return rows, cols, (slice(r0 - rows[0], r1 - rows[0]), slice(c0 - cols[0], c1 - cols[0]))
 
 
 class _StatsCollected(Exception):
@@ -196,25 +194,22 @@ def render_image(
         margin = renderer.receptive_radius
         norms = [] if renderer.is_local else [_GridNorm(n, batch, phi.device) for n in renderer.norm_layers]
 
-    def norm_fn(stage):
+    def norm_fn(stage, centre):
         def apply(index, layer, h):
             if index < stage:
                 return norms[index].apply(h)
-            norms[index].add(h[(..., *centre)])
+            norms[index].add(h[(..., *centre)])  # statistics over the tile itself, not its margin
             raise _StatsCollected
 
         return apply
 
     bar = tqdm(total=len(tiles) * (len(norms) + 1), desc=f"render {height}x{width}", disable=not progress)
     for stage in range(len(norms) + 1):  # one statistics pass per norm layer, then the output pass
-        fn = norm_fn(stage) if norms else None
-        for t in tiles:
-            r0, r1, c0, c1 = t
-            # centre is needed by norm_fn before the window's output exists; compute it the same way.
-            centre = (slice(r0 - max(r0 - margin, 0), r1 - max(r0 - margin, 0)),
-                      slice(c0 - max(c0 - margin, 0), c1 - max(c0 - margin, 0)))
+        for r0, r1, c0, c1 in tiles:
+            rows, cols, centre = _window((r0, r1, c0, c1), margin, size)
+            coord, cell = pixel_grid(FULL_CANVAS, size, rows, cols, phi.device, phi.dtype)
             try:
-                window, _ = _render_window(renderer, phi, size, t, margin, fn)
+                window = renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)
                 out[:, :, r0:r1, c0:c1] = window[(..., *centre)]
             except _StatsCollected:
                 pass

@@ -1,0 +1,162 @@
+"""Train the latent diffusion denoiser of an INFD model on its encoder's latents.
+
+diffusers ``UNet2DModel`` + ``DDPMScheduler`` (epsilon prediction, linear betas 0.0015-0.0195 over 1000 steps,
+as the official INFD), AdamW, EMA of the weights (the EMA copy is what is saved and sampled, as officially).
+Latents are the encoder's pre-quantization outputs, as in the official code.
+
+    python recipes/train_diffusion.py --autoencoder runs/ae/infd --out runs/dm            # shipped defaults
+    python recipes/train_diffusion.py --autoencoder runs/ae/infd --out runs/dm --resume   # continue
+
+Writes ``OUT/infd`` (the complete model: autoencoder, renderer, EMA denoiser), ``OUT/state.pt`` (resume
+point), ``OUT/latents.pt`` (cached training latents), ``OUT/losses.png`` and ``OUT/train_log.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import infd_solve
+from infd_solve import INFDModel
+from infd_solve.data import render as render_scene, sample_scene
+from infd_solve.io import atomic_path
+from infd_solve.models.official import unet_config_from_official
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_autoencoder import plot_losses  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--autoencoder", required=True, help="model directory (or official .pth) whose latents to model")
+    p.add_argument("--out", type=Path, default=Path("runs/diffusion"))
+    p.add_argument("--num-scenes", type=int, default=20000, help="training latents (procedural landscapes)")
+    p.add_argument("--model-channels", type=int, default=64)
+    p.add_argument("--channel-mult", type=int, nargs="+", default=[1, 2, 2])
+    p.add_argument("--res-blocks", type=int, default=2)
+    p.add_argument("--attention", type=int, nargs="*", default=[2, 4], help="downsampling factors with attention")
+    p.add_argument("--head-channels", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def encode_scenes(model: INFDModel, num_scenes: int, batch: int = 64) -> torch.Tensor:
+    size = model.config.input_size
+    latents = []
+    for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
+        images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+        latents.append(model.encode(x))
+    return torch.cat(latents)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    state_path, latents_path = out / "state.pt", out / "latents.pt"
+
+    ae = infd_solve.load_model(args.autoencoder)
+    config = copy.deepcopy(ae.config)
+    config.unet = unet_config_from_official({
+        "image_size": config.z_shape[1], "in_channels": config.z_shape[0], "out_channels": config.z_shape[0],
+        "model_channels": args.model_channels, "channel_mult": args.channel_mult, "num_res_blocks": args.res_blocks,
+        "attention_resolutions": args.attention, "num_head_channels": args.head_channels})
+    config.scheduler = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0015, "beta_end": 0.0195}
+    model = INFDModel(config)
+    model.load_state_dict(ae.state_dict(), strict=False)  # everything but the new denoiser
+    unet, scheduler = model.unet, model.scheduler
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
+
+    if latents_path.exists() and len(torch.load(latents_path, weights_only=True)) == args.num_scenes:
+        latents = torch.load(latents_path, weights_only=True)
+    else:
+        latents = encode_scenes(model, args.num_scenes)
+        with atomic_path(latents_path) as tmp:
+            torch.save(latents, tmp)
+    print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}")
+
+    history = {"step": [], "mse": []}
+    step, wall = 0, 0.0
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)  # our own file
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, wall, history = state["step"], state["wall"], state["history"]
+        print(f"resumed from {state_path} at step {step}")
+
+    def save_state():
+        with atomic_path(state_path) as tmp:
+            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "wall": wall, "history": history, "args": vars(args) | {"out": str(args.out)}}, tmp)
+
+    rng = torch.Generator().manual_seed(args.seed * 7919 + step)
+    bar = tqdm(total=args.steps, initial=step, desc="diffusion")
+    unet.train()
+    try:
+        while step < args.steps:
+            t0 = time.time()
+            z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng)]
+            flip = torch.rand(args.batch_size, generator=rng) < 0.5  # landscapes are left-right symmetric
+            z0 = torch.where(flip[:, None, None, None], z0.flip(-1), z0)
+            noise = torch.randn(z0.shape, generator=rng)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
+            loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), unet.parameters()):
+                    e.lerp_(p, 1 - args.ema)
+            step += 1
+            wall += time.time() - t0
+            history["step"].append(step)
+            history["mse"].append(float(loss))
+            bar.update()
+            bar.set_postfix(mse=f"{float(loss):.4f}")
+            if step % args.save_every == 0 or step == args.steps:
+                save_state()
+    except KeyboardInterrupt:
+        save_state()
+        print(f"\ninterrupted at step {step}; state saved to {state_path} (continue with --resume)", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        bar.close()
+
+    model.unet.load_state_dict(ema.state_dict())
+    model.eval()
+    model.save(out / "infd")
+    plot_losses(history, out / "losses.png", "latent diffusion (epsilon MSE)")
+    log = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+           "steps": step, "wall_seconds": round(wall, 1), "threads": args.threads,
+           "final_mse": float(np.mean(history["mse"][-200:])), "latent_std": float(latents.std()),
+           "denoiser_parameters": sum(p.numel() for p in unet.parameters())}
+    with atomic_path(out / "train_log.json") as tmp:
+        tmp.write_text(json.dumps(log, indent=2) + "\n")
+    print(json.dumps(log, indent=2))
+    return model
+
+
+if __name__ == "__main__":
+    main()
