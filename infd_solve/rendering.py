@@ -12,12 +12,13 @@ Grids are addressed by integer pixel indices of the box's virtual ``H x W`` grid
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .models.renderer import CLIFRenderer
+if TYPE_CHECKING:  # rendering sits below models in the import graph
+    from .models.renderer import CLIFRenderer
 
 Box = tuple[float, float, float, float]
 FULL_CANVAS: Box = (0.0, 0.0, 1.0, 1.0)
