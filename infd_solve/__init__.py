@@ -17,11 +17,18 @@ _API = {
     "load_model": "models",
     "CheckpointError": "models",
     "UnsafeCheckpointError": "models",
+    "Solver": "solver",
+    "Result": "solver",
+    "Constraint": "constraint",
+    "load_clip": "clip",
 }
 __all__ = list(_API)
 
 if TYPE_CHECKING:
+    from .clip import load_clip
+    from .constraint import Constraint
     from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model
+    from .solver import Result, Solver
 
 
 def __getattr__(name: str):

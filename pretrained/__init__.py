@@ -19,3 +19,16 @@ def model_dir(name: str = "default") -> Path:
             "Reinstall infd-solve, or train it with the recipes (see pretrained/MODEL_CARD.md)."
         )
     return path
+
+
+def clip_dir(name: str = "default") -> Path:
+    """Directory of a shipped CLIP model (open_clip ``local-dir:`` format: ``open_clip_config.json`` + weights)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown pretrained CLIP {name!r}; shipped: {NAMES}")
+    path = ROOT / name / "clip"
+    if not (path / "open_clip_config.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped CLIP {name!r} is missing: expected {path}/open_clip_config.json and "
+            "open_clip_model.safetensors. Reinstall infd-solve, or train it with recipes/train_clip.py."
+        )
+    return path

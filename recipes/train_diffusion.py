@@ -42,11 +42,11 @@ def parse_args(argv=None):
     p.add_argument("--num-scenes", type=int, default=20000, help="training latents (procedural landscapes)")
     p.add_argument("--model-channels", type=int, default=64)
     p.add_argument("--channel-mult", type=int, nargs="+", default=[1, 2, 2])
-    p.add_argument("--res-blocks", type=int, default=2)
+    p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--attention", type=int, nargs="*", default=[2, 4], help="downsampling factors with attention")
     p.add_argument("--head-channels", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=500)
@@ -94,7 +94,10 @@ def main(argv=None):
         latents = encode_scenes(model, args.num_scenes)
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
-    print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}")
+    config.latent_scale = model.config.latent_scale = round(1.0 / float(latents.std()), 4)
+    print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}; "
+          f"latent_scale {config.latent_scale}")
+    latents = latents * config.latent_scale
 
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
@@ -150,7 +153,7 @@ def main(argv=None):
     plot_losses(history, out / "losses.png", "latent diffusion (epsilon MSE)")
     log = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
            "steps": step, "wall_seconds": round(wall, 1), "threads": args.threads,
-           "final_mse": float(np.mean(history["mse"][-200:])), "latent_std": float(latents.std()),
+           "final_mse": float(np.mean(history["mse"][-200:])), "latent_scale": config.latent_scale,
            "denoiser_parameters": sum(p.numel() for p in unet.parameters())}
     with atomic_path(out / "train_log.json") as tmp:
         tmp.write_text(json.dumps(log, indent=2) + "\n")

@@ -60,3 +60,51 @@ def local_model():
 @pytest.fixture(scope="session")
 def normalized_model():
     return tiny_model(normalize=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model (real open_clip classes), loaded through infd_solve.load_clip."""
+    import json
+
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    from infd_solve.clip import load_clip
+
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1},
+           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("solver_clip")
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
+        "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
+        "resize_mode": "squash"}}))
+    save_file(CLIP(**cfg).state_dict(), str(path / "open_clip_model.safetensors"))
+    return load_clip(path)
+
+
+@pytest.fixture(scope="session")
+def gaussian_model():
+    return make_gaussian_model()
+
+
+def make_gaussian_model():
+    """A small random local-renderer INFD model (no codebook) whose denoiser is the exact one of a N(0, I)
+    latent prior: eps = sqrt(1 - alpha_bar) z_t. Samplers then see a prior with a known answer, instead of an
+    untrained network's drift."""
+    import types
+
+    from infd_solve import INFDModel
+
+    torch.manual_seed(3)
+    config = tiny_config(normalize=False)
+    config.n_embed = None
+    model = INFDModel(config).eval()
+    acp = model.alphas_cumprod
+
+    def exact_denoise(self, z_t, t):
+        t = torch.as_tensor(t).expand(z_t.shape[0])
+        return (1 - acp[t]).sqrt().view(-1, 1, 1, 1).to(z_t) * z_t
+
+    model.denoise = types.MethodType(exact_denoise, model)
+    return model

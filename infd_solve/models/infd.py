@@ -39,6 +39,9 @@ class INFDConfig:
                                  "beta_start": 0.0015, "beta_end": 0.0195}
     )  # diffusers DDPMScheduler config
     ddim_eta: float = 1.0
+    # The denoiser models z * latent_scale (diffusers' "scaling_factor"): unit-variance latents suit the noise
+    # schedule. Official checkpoints use 1.
+    latent_scale: float = 1.0
 
     def __post_init__(self):
         self.z_shape = tuple(int(v) for v in self.z_shape)
@@ -72,6 +75,7 @@ class INFDConfig:
             "unet": self.unet,
             "scheduler": self.scheduler,
             "ddim_eta": self.ddim_eta,
+            "latent_scale": self.latent_scale,
         }
 
     @classmethod
@@ -161,7 +165,7 @@ class INFDModel(nn.Module):
         return self.scheduler.alphas_cumprod
 
     def denoise(self, z_t: torch.Tensor, t) -> torch.Tensor:
-        """Noise prediction ``eps`` for latents ``z_t`` at integer timestep(s) ``t``."""
+        """Noise prediction ``eps`` for noisy (scaled) latents ``z_t`` at integer timestep(s) ``t``."""
         unet = self._require_unet()
         _check_channels("z_t", z_t, self.config.z_shape[0])
         t = torch.as_tensor(t, device=z_t.device)
@@ -179,7 +183,7 @@ class INFDModel(nn.Module):
         callback: Callable[[dict], None] | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
-        """Unconditional DDIM samples (latents ``z0``); decode and render them to get images.
+        """Unconditional DDIM samples (latents ``z0``, in encoder units); decode and render them to get images.
 
         ``eta`` defaults to the checkpoint's (official: 1.0). ``generator`` may be one generator or one per
         sample; ``noise`` (B x C x h x w) fixes the start.
@@ -195,7 +199,8 @@ class INFDModel(nn.Module):
         eta = self.config.ddim_eta if eta is None else float(eta)
         timesteps = ddim_timesteps(steps, self.scheduler.config.num_train_timesteps)
         with torch.no_grad():
-            return sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)
+            z = sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)
+        return z / self.config.latent_scale
 
     # ------------------------------------------------------------------------------------------- utilities
     @property
