@@ -40,119 +40,25 @@ On a busy machine ``--threads 1`` was 2.5x faster than torch's default of 2 thre
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
 import os
 import platform
-import re
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-# infd_solve.models first: importing infd_solve.rendering before the models package is circular.
-from infd_solve.models import CheckpointError, INFDConfig, INFDModel, load_model
 from infd_solve.io import atomic_path, refuse_overwriting_inputs
+from infd_solve.models import CheckpointError, INFDConfig, INFDModel, load_model
+from infd_solve.profiling import MB, PeakMemory, use_mmap_for_tensors
 from infd_solve.rendering import RENDER_MODES
 
 PROG = "bench_render.py"
-MB = 2**20
 RANDOM = "random"
 REFERENCE_SIZE = 512
-
-
-# ------------------------------------------------------------------------------------------------- memory
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-        return int(m.group(1)) * 1024 if m else None
-    except OSError:
-        return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the process's peak RSS (VmHWM) to the current RSS; True if that worked."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    hwm, rss = _proc_status_kb("VmHWM"), _proc_status_kb("VmRSS")
-    return hwm is not None and rss is not None and hwm <= rss + 4 * MB
-
-
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _malloc_trim() -> None:
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def use_mmap_for_tensors(threshold: int = 128 * 1024) -> bool:
-    """Fix glibc's mmap threshold (M_MMAP_THRESHOLD = -3) so every tensor-sized block is mmapped and unmapped on
-    free. By default glibc raises the threshold after each large free, after which freed activations stay in the
-    heap, and RSS measures allocator slack (it grew with the image size here) instead of live memory."""
-    libc = _libc()
-    return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-3, threshold) == 1)
-
-
-class PeakMemory:
-    """Context manager: ``.peak`` = peak memory growth (bytes) during the block, on ``device``."""
-
-    def __init__(self, device: torch.device, interval: float = 0.005):
-        self.device, self.interval = device, interval
-        self.peak = 0
-        self.method = ""
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = _proc_status_kb("VmRSS")
-            if rss is not None:
-                self._max_rss = max(self._max_rss, rss)
-
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated"
-            return self
-        _malloc_trim()
-        self._base = self._max_rss = _proc_status_kb("VmRSS") or 0
-        self._hwm = _reset_hwm()
-        self.method = ("peak RSS: VmHWM reset via /proc/self/clear_refs + VmRSS sampled every "
-                       f"{self.interval * 1000:.0f} ms" if self._hwm else
-                       f"peak RSS: VmRSS sampled every {self.interval * 1000:.0f} ms (VmHWM reset unavailable)")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
-            return False
-        self._stop.set()
-        self._thread.join()
-        peak = max(self._max_rss, _proc_status_kb("VmRSS") or 0)
-        if self._hwm:
-            peak = max(peak, _proc_status_kb("VmHWM") or 0)
-        self.peak = max(0, peak - self._base)
-        return False
 
 
 # ------------------------------------------------------------------------------------------------- models

@@ -274,7 +274,7 @@ def main(argv=None):
             step += 1
             wall += time.time() - t0
             for name, v in (("l1", l1), ("perceptual", perc), ("vq", vq_loss), ("gan_g", gan_g), ("gan_d", d_loss)):
-                history[name].append(float(v))
+                history[name].append(float(v.detach()))
             history["step"].append(step)
             bar.update()
             bar.set_postfix(l1=f"{float(l1):.4f}", perc=f"{float(perc):.4f}")
