@@ -128,13 +128,17 @@ def load_mask(mask, name: str = "mask") -> torch.Tensor:
         path = Path(mask)
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no mask file at {path}")
-        with Image.open(path) as im:
-            im.load()
-            return load_mask(im, name)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return load_mask(im, f"{name} ({path.name})")
+        except OSError as e:
+            raise ValueError(f"{name}: cannot read {path} as an image ({e})") from None
     if isinstance(mask, Image.Image):
         if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(mask, dtype=np.float32)
-            array = array / (65535.0 if mask.mode.startswith("I;16") or array.max() > 255 else 255.0)
+            array = np.clip(array / (65535.0 if mask.mode.startswith("I;16") or array.max() > 255 else 255.0), 0, 1)
+            warnings.warn(f"{name}: 16-bit/integer mask (mode {mask.mode}) scaled to [0, 1]", stacklevel=2)
         else:
             if mask.mode not in ("L", "1"):
                 warnings.warn(f"{name}: mask of mode {mask.mode} converted to grayscale (white = observed)",

@@ -18,7 +18,7 @@ from .constraint import Constraint
 from .io import atomic_path, save_image
 from .metrics import psnr
 from .models.infd import INFDModel
-from .rendering import FULL_CANVAS, check_box, check_size
+from .rendering import FULL_CANVAS, check_box
 from .sampling import GUIDANCE_MODES, ddim_timesteps, noise_like, sample_guided
 
 

@@ -46,7 +46,6 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm

@@ -23,17 +23,16 @@ code 2, Ctrl-C with 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
-from infd_solve.models import CheckpointError, load_model
+from infd_solve import cli
+from infd_solve.models import load_model
 from infd_solve.constraint import load_image, load_mask
 from infd_solve.constraints import MaskedObservation
 from infd_solve.io import atomic_path, refuse_overwriting_inputs, to_pil
@@ -72,28 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, code: int = 2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-@contextlib.contextmanager
-def _notes():
-    """Show every conversion warning (image mode, polygon repair, ...) once per occurrence, as a note."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = lambda message, *a, **k: print(f"{PROG}: note: {message}", file=sys.stderr)
-        yield
-
-
-def _model_path(name_or_path: str) -> Path:
-    from infd_solve import pretrained
-
-    if name_or_path in pretrained.NAMES:
-        return pretrained.model_dir(name_or_path)
-    return Path(name_or_path)
-
-
 def _check_args(parser, args) -> None:
     for name, value in (("--steps", args.steps), ("--tile", args.tile)):
         if value <= 0:
@@ -125,37 +102,10 @@ def parse_polygon(text: str) -> list[tuple[float, float]]:
     return points
 
 
-def read_mask(path: str) -> torch.Tensor:
-    """``1 x 1 x H x W`` in [0, 1] from a mask file; modes other than grey are converted with a note.
-
-    16-bit masks are scaled by 65535 (``load_mask`` alone would clip them to 0/1 through PIL's ``convert("L")``).
-    """
-    import numpy as np
-
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"--mask: no mask file at {source}")
-    try:
-        with Image.open(source) as im:
-            im.load()
-    except OSError as e:
-        raise ValueError(f"--mask: cannot read {source} as an image ({e})") from None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(im, dtype=np.float32)
-        array = array / (65535.0 if im.mode.startswith("I;16") or array.max() > 255 else 255.0)
-        print(f"{PROG}: note: --mask {source.name}: 16-bit/integer mask (mode {im.mode}) scaled to [0, 1]",
-              file=sys.stderr)
-        return torch.from_numpy(np.clip(array, 0, 1))[None, None]
-    if im.mode not in ("L", "1"):
-        alpha = " (its alpha channel is ignored)" if "A" in im.mode or "transparency" in im.info else ""
-        print(f"{PROG}: note: --mask {source.name}: mode {im.mode} converted to grey levels{alpha}", file=sys.stderr)
-    return load_mask(im, "--mask")
-
-
 def known_region(args, box):
     """The ``mask`` argument of MaskedObservation: a mask tensor (1 = known) or the known polygon."""
     if args.mask is not None:
-        m = read_mask(args.mask)
+        m = load_mask(args.mask, "--mask")
         return 1 - m if args.invert_mask else m
     import shapely
 
@@ -222,7 +172,7 @@ def run(args) -> dict:
     if out.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
     compare = out.with_name(f"{out.stem}_compare.png")
-    model_path = _model_path(args.model)
+    model_path = cli.model_path(args.model)
     refuse_overwriting_inputs([out, compare], [source, model_path, args.mask])
 
     box = check_box(args.box, "--box") if args.box is not None else FULL_CANVAS
@@ -260,13 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    try:
-        with _notes():
-            return run(args)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted; every file written so far is complete, none is half-written", 130)
+    with cli.user_errors(PROG):
+        return run(args)
 
 
 if __name__ == "__main__":

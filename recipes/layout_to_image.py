@@ -23,16 +23,14 @@ exit code 2; Ctrl-C with exit code 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
-from infd_solve.models import CheckpointError, load_model
+from infd_solve import cli
+from infd_solve.models import load_model
 from infd_solve.io import atomic_path, refuse_overwriting_inputs
 from infd_solve.layout import item_label, parse_layout, read_layout
 from infd_solve.solver import Solver
@@ -60,28 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def _fail(message: str, code: int = 2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-@contextlib.contextmanager
-def _notes():
-    """Show every conversion warning (image mode, polygon repair, ...) once per occurrence, as a note."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = lambda message, *a, **k: print(f"{PROG}: note: {message}", file=sys.stderr)
-        yield
-
-
-def _model_path(name_or_path: str) -> Path:
-    from infd_solve import pretrained
-
-    if name_or_path in pretrained.NAMES:
-        return pretrained.model_dir(name_or_path)
-    return Path(name_or_path)
 
 
 def _clip_path(name_or_path: str) -> Path | None:
@@ -199,7 +175,7 @@ def run(parser, args) -> dict:
     obj = _overrides(parser, args, read_layout(layout_path))
     if args.tile <= 0:
         parser.error(f"--tile must be positive, got {args.tile}")
-    model_path = _model_path(args.model)  # a missing shipped model fails here, before any work
+    model_path = cli.model_path(args.model)  # a missing shipped model fails here, before any work
     settings, constraints = parse_layout(obj, clip=args.clip, base_dir=layout_path.resolve().parent)
 
     out = Path(args.out) if args.out else Path("outputs") / f"{layout_path.stem}.png"
@@ -236,13 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the CLI; returns ``{"written", "loss", "clip_similarity"}``. Exit code 2 on bad input, 130 on Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        with _notes():
-            return run(parser, args)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:  # LayoutError is a ValueError
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted; every file written so far is complete, none is half-written", 130)
+    with cli.user_errors(PROG):
+        return run(parser, args)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ an invalid option ends with a one-line error and exit code 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
-from infd_solve.models import CheckpointError, load_model
+from infd_solve import cli
+from infd_solve.models import load_model
 from infd_solve.io import image_grid, refuse_overwriting_inputs, save_image
 from infd_solve.rendering import RENDER_MODES, check_size
 from infd_solve.sampling import ddim_timesteps
@@ -62,20 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, code: int = 2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def _model_path(name_or_path: str) -> Path:
-    """The file/directory ``load_model`` will read (raises FileNotFoundError for a missing shipped model)."""
-    from infd_solve import pretrained
-
-    if name_or_path in pretrained.NAMES:
-        return pretrained.model_dir(name_or_path)
-    return Path(name_or_path)
-
-
 def _check_args(parser: argparse.ArgumentParser, args) -> tuple[int, int]:
     if len(args.size) not in (1, 2):
         parser.error(f"--size takes S or H W, got {len(args.size)} numbers")
@@ -99,7 +85,7 @@ def run(args, size: tuple[int, int]) -> list[Path]:
     names = [f"sample_{args.seed + i:05d}.png" for i in range(args.num)]
     outputs = [out_dir / n for n in names] + ([out_dir / "grid.png"] if args.num > 1 else [])
 
-    model_path = _model_path(args.model)
+    model_path = cli.model_path(args.model)
     refuse_overwriting_inputs([out_dir, *outputs], [model_path])
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {out_dir} exists and is not a directory")
@@ -141,12 +127,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = build_parser()
     args = parser.parse_args(argv)
     size = _check_args(parser, args)
-    try:
+    with cli.user_errors(PROG):
         return run(args, size)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted; every file written so far is complete, none is half-written", 130)
 
 
 if __name__ == "__main__":

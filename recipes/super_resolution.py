@@ -24,10 +24,8 @@ exit code 2, Ctrl-C with 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
-from infd_solve.models import CheckpointError, load_model
+from infd_solve import cli
+from infd_solve.models import load_model
 from infd_solve.constraint import load_image
 from infd_solve.constraints import LowResObservation
 from infd_solve.constraints.lowres_observation import OPERATORS
@@ -75,28 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def _fail(message: str, code: int = 2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-@contextlib.contextmanager
-def _notes():
-    """Show every conversion warning (image mode, ...) once per occurrence, as a note on stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = lambda message, *a, **k: print(f"{PROG}: note: {message}", file=sys.stderr)
-        yield
-
-
-def _model_path(name_or_path: str) -> Path:
-    from infd_solve import pretrained
-
-    if name_or_path in pretrained.NAMES:
-        return pretrained.model_dir(name_or_path)
-    return Path(name_or_path)
 
 
 def _check_args(parser, args) -> None:
@@ -176,7 +153,7 @@ def run(args) -> dict:
     if out.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
     compare = out.with_name(f"{out.stem}_compare.png")
-    model_path = _model_path(args.model)
+    model_path = cli.model_path(args.model)
     refuse_overwriting_inputs([out, compare], [source, model_path])
 
     y = square_input(load_image(source, "input"), args.crop)
@@ -212,13 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    try:
-        with _notes():
-            return run(args)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted; every file written so far is complete, none is half-written", 130)
+    with cli.user_errors(PROG):
+        return run(args)
 
 
 if __name__ == "__main__":

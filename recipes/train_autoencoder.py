@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from infd_solve import INFDConfig, INFDModel
-from infd_solve.data import LandscapeDataset, render as render_scene, sample_scene
+from infd_solve.data import LandscapeDataset, render as render_scene
 from infd_solve.io import atomic_path
 from infd_solve.losses import perceptual_loss
 

@@ -1,7 +1,6 @@
 """Bad checkpoints fail with messages that say what is wrong; unsafe pickles run nothing."""
 
 import json
-import pickle
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from .conftest import tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)

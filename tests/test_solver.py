@@ -8,12 +8,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-import infd_solve
 from infd_solve import Constraint, Solver
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation
 from infd_solve.regions import as_geometry, rasterize
 
-from .conftest import tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ the residual stream *before* the usual output norm/conv ("give_pre_end"), e.g. 1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from diffusers.models.autoencoders.vae import Decoder, Encoder, VectorQuantizer

@@ -1,0 +1,41 @@
+"""What every recipe command line shares: one-line errors, conversion notes, and model paths.
+
+Bad input (a missing file, a bad box, a corrupt checkpoint) ends with ``PROG: error: ...`` and exit code 2,
+Ctrl-C with exit code 130 (outputs are written atomically, so nothing is half-written), and every conversion
+warning (image mode, polygon repair) is shown to the user as ``PROG: note: ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+
+def fail(prog: str, message: str, code: int = 2):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    from .models import CheckpointError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda message, *a, **k: print(f"{prog}: note: {message}", file=sys.stderr)
+        try:
+            yield
+        except (FileNotFoundError, ValueError, CheckpointError) as e:  # CheckpointError and LayoutError too
+            fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except KeyboardInterrupt:
+            fail(prog, "interrupted; every file written so far is complete, none is half-written", 130)
+
+
+def model_path(name_or_path: str) -> Path:
+    """The directory of a shipped model name (clear error if missing), or the path as given."""
+    from . import pretrained
+
+    return pretrained.model_dir(name_or_path) if name_or_path in pretrained.NAMES else Path(name_or_path)
