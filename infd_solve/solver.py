@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from .constraint import Constraint
-from .io import atomic_path, save_image
+from .io import save_figure, save_image
 from .metrics import psnr
 from .models.infd import INFDModel
 from .rendering import FULL_CANVAS, check_box
@@ -90,9 +90,7 @@ class Result:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, path, dpi=100)
         return path
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 import infd_solve
 from infd_solve.clip import load_clip
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
-from infd_solve.io import atomic_path
+from infd_solve.io import atomic_path, save_figure
 from infd_solve.metrics import area_downsample, frechet_distance, psnr
 
 
@@ -187,9 +187,7 @@ def figure(scenes, phis, model, path: Path, table: dict) -> None:
                  f"patch FD INFD {table['patch FD @1024: INFD']:.3f} vs bicubic "
                  f"{table['patch FD @1024: input-size render + bicubic']:.3f}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 if __name__ == "__main__":

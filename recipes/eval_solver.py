@@ -29,7 +29,7 @@ import infd_solve
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox, LowResObservation, MaskedObservation
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
-from infd_solve.io import atomic_path
+from infd_solve.io import atomic_path, save_figure
 from infd_solve.metrics import psnr
 
 
@@ -153,9 +153,7 @@ def draw(rows, path: Path) -> None:
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=70)
-    plt.close(fig)
+    save_figure(fig, path, dpi=70)
 
 
 if __name__ == "__main__":

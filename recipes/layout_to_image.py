@@ -31,7 +31,7 @@ from PIL import Image
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
 from infd_solve import cli
 from infd_solve.models import load_model
-from infd_solve.io import atomic_path, refuse_overwriting_inputs
+from infd_solve.io import refuse_overwriting_inputs, save_figure
 from infd_solve.layout import item_label, parse_layout, read_layout
 from infd_solve.solver import Solver
 
@@ -164,9 +164,7 @@ def plot_layout(image_paths: list[Path], settings, constraints, path: Path, max_
         ax.tick_params(labelsize=7)
         ax.set_title(f"{image_path.name}  ({h}x{w})", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 

@@ -38,7 +38,7 @@ from infd_solve.models import load_model
 from infd_solve.constraint import load_image
 from infd_solve.constraints import LowResObservation
 from infd_solve.constraints.lowres_observation import OPERATORS
-from infd_solve.io import atomic_path, refuse_overwriting_inputs, to_pil
+from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS
 from infd_solve.sampling import GUIDANCE_MODES
@@ -141,9 +141,7 @@ def plot_compare(observed: torch.Tensor, ours_path: Path, path: Path, max_pixels
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 

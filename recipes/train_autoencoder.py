@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import LandscapeDataset, render as render_scene
-from infd_solve.io import atomic_path
+from infd_solve.io import atomic_path, save_figure
 from infd_solve.losses import perceptual_loss
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -199,9 +199,7 @@ def plot_losses(history: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv=None):
