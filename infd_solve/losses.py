@@ -41,12 +41,17 @@ def load_lpips(net: str = "vgg") -> nn.Module:
     import torchvision
 
     path = lpips_backbone_path(net)
-    backbone = torchvision.models.vgg16() if net == "vgg" else torchvision.models.alexnet()
-    backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    features = (torchvision.models.vgg16() if net == "vgg" else torchvision.models.alexnet()).features
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # lpips uses the convolutional features only; the classifier weights may be absent
+        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is not that backbone
+        raise ValueError(f"{path} is not torchvision's ImageNet {net} weights file ({e})") from None
     metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # random backbone: nothing is fetched
     for name in ("slice1", "slice2", "slice3", "slice4", "slice5"):
         for index, layer in getattr(metric.net, name)._modules.items():
-            layer.load_state_dict(backbone.features[int(index)].state_dict())
+            layer.load_state_dict(features[int(index)].state_dict())
     return metric.eval().requires_grad_(False)
 
 
