@@ -44,6 +44,16 @@ def noise_like(shape: Sequence[int], generator: Generator, device=None, dtype=to
     return randn_tensor(tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
 
 
+def initial_noise(shape: Sequence[int], generator: Generator, noise: torch.Tensor | None, device=None,
+                  dtype=torch.float32) -> torch.Tensor:
+    """The sampler's start: ``noise`` if given (shape checked), else drawn from ``generator``."""
+    if noise is None:
+        return noise_like(shape, generator, device, dtype)
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+    return noise.to(device, dtype)
+
+
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     return (1 / alpha_bar) ** 0.5 * x - (1 / alpha_bar - 1) ** 0.5 * eps
 

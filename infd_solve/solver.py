@@ -19,7 +19,7 @@ from .io import save_figure, save_image
 from .metrics import psnr
 from .models.infd import INFDModel
 from .rendering import FULL_CANVAS, check_box
-from .sampling import GUIDANCE_MODES, ddim_timesteps, noise_like, sample_guided
+from .sampling import GUIDANCE_MODES, ddim_timesteps, initial_noise, sample_guided
 
 
 @dataclass
@@ -150,13 +150,7 @@ class Solver:
         model = self.model
         if generator is None and seed is not None:
             generator = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
-        shape = (batch_size, *model.config.z_shape)
-        if noise is None:
-            x = noise_like(shape, generator, model.device, model.dtype)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        else:
-            x = noise.to(model.device, model.dtype)
+        x = initial_noise((batch_size, *model.config.z_shape), generator, noise, model.device, model.dtype)
 
         history = {"loss": {c.name: [] for c in constraints}, "timesteps": [], "step_seconds": [], "skipped": []}
         clock = [time.perf_counter()]

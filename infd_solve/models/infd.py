@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import rendering
 from ..io import atomic_directory
-from ..sampling import Generator, ddim_timesteps, noise_like, sample_ddim
+from ..sampling import Generator, ddim_timesteps, initial_noise, sample_ddim
 from .autoencoder import ConvStackConfig, FieldDecoder, FieldEncoder, Quantizer
 from .renderer import CLIFRenderer, RendererConfig
 
@@ -189,13 +189,7 @@ class INFDModel(nn.Module):
         sample; ``noise`` (B x C x h x w) fixes the start.
         """
         self._require_unet()
-        shape = (batch_size, *self.config.z_shape)
-        if noise is None:
-            x = noise_like(shape, generator, self.device, self.dtype)
-        else:
-            if tuple(noise.shape) != shape:
-                raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-            x = noise.to(self.device, self.dtype)
+        x = initial_noise((batch_size, *self.config.z_shape), generator, noise, self.device, self.dtype)
         eta = self.config.ddim_eta if eta is None else float(eta)
         timesteps = ddim_timesteps(steps, self.scheduler.config.num_train_timesteps)
         with torch.no_grad():
