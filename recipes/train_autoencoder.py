@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+import infd_solve
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import LandscapeDataset, render as render_scene
 from infd_solve.io import atomic_path, save_figure
@@ -147,7 +148,8 @@ def default_config(args) -> INFDConfig:
              "z_channels": 3}
     return INFDConfig(
         z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed,
-        renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False}, unet=None,
+        renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
+                  "feature_sampling": args.feature_sampling}, unet=None,
     )
 
 
@@ -163,6 +165,11 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32, help="renderer hidden channels")
     p.add_argument("--n-embed", type=int, default=512)
+    p.add_argument("--feature-sampling", choices=["nearest", "bilinear"], default="nearest",
+                   help="renderer feature lookup (nearest: official CLIF)")
+    p.add_argument("--init", help="start from this model directory (same autoencoder sizes)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train decoder and renderer only: the latents, and a denoiser trained on them, stay valid")
     p.add_argument("--patch", type=int, default=24)
     p.add_argument("--max-res", type=int, default=1024)
     p.add_argument("--steps", type=int, default=4000)
@@ -211,8 +218,15 @@ def main(argv=None):
     state_path = out / "state.pt"
 
     model = INFDModel(default_config(args))
+    if args.init:
+        init = infd_solve.load_model(args.init)
+        model.load_state_dict({k: v for k, v in init.state_dict().items() if not k.startswith("unet.")})
+    frozen = ("unet.", "encoder.", "quantizer.") if args.freeze_encoder else ("unet.",)
+    model.encoder.requires_grad_(not args.freeze_encoder)
+    if model.quantizer is not None:
+        model.quantizer.requires_grad_(not args.freeze_encoder)
     disc = PatchDiscriminator()
-    gen_params = [p for n, p in model.named_parameters() if not n.startswith("unet.")]
+    gen_params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
     perceptual, perceptual_name = perceptual_loss("lpips" if args.perceptual == "lpips" else "substitute")

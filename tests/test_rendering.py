@@ -25,8 +25,10 @@ def crop(image, size, box):
     return image[..., round(t * h): round(b * h), round(l * w): round(r * w)]
 
 
-def test_local_renderer_box_is_exact_crop(local_model):
+@pytest.mark.parametrize("sampling", ["nearest", "bilinear"])
+def test_local_renderer_box_is_exact_crop(local_model, sampling, monkeypatch):
     assert local_model.renderer.is_local and local_model.renderer.receptive_radius == 6
+    monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
     phi = field(local_model)
     size = (96, 80)
     full = local_model.render(phi, size)
@@ -35,6 +37,24 @@ def test_local_renderer_box_is_exact_crop(local_model):
         h, w = round((box[3] - box[1]) * size[0]), round((box[2] - box[0]) * size[1])
         alone = local_model.render(phi, (h, w), box)
         assert (alone - crop(full, size, box)).abs().max().item() < 1e-5, box
+
+
+def test_bilinear_features_are_continuous_across_cells(local_model, monkeypatch):
+    """Nearest lookup makes a field rendered far beyond its size blocky; bilinear sampling does not."""
+    phi = field(local_model, batch=1)
+    jumps = {}
+    for sampling in ("nearest", "bilinear"):
+        monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
+        query = local_model.renderer.query(phi, *local_model_grid(256))  # 8 query pixels per feature cell
+        feat = query[:, :32]
+        jumps[sampling] = (feat[..., 1:] - feat[..., :-1]).abs().amax(dim=(0, 1, 2)).max().item()
+    assert jumps["bilinear"] < 0.25 * jumps["nearest"]
+
+
+def local_model_grid(size):
+    from infd_solve.rendering import pixel_grid
+
+    return pixel_grid((0, 0, 1, 1), (size, size))
 
 
 def test_normalizing_renderer_box_is_not_a_crop(normalized_model):

@@ -30,8 +30,14 @@ class RendererConfig:
     kernel_size: int = 3
     normalize: bool = True
     num_res_blocks: int = 2
+    # "nearest": the official CLIF lookup. "bilinear": features interpolated between the four nearest cells, so
+    # the field is continuous at any zoom (a small field rendered far larger than its size shows no blocks);
+    # the relative coordinate is still taken to the nearest cell's centre.
+    feature_sampling: str = "nearest"
 
     def __post_init__(self):
+        if self.feature_sampling not in ("nearest", "bilinear"):
+            raise ValueError(f"feature_sampling must be 'nearest' or 'bilinear', got {self.feature_sampling!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
         if self.normalize and self.hidden_channels % 32:
@@ -97,6 +103,8 @@ class CLIFRenderer(nn.Module):
         grid = coord.flip(-1).expand(b, *coord.shape[1:])
         picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
         q_feat, q_centre = picked[:, :c], picked[:, c:]
+        if self.config.feature_sampling == "bilinear":
+            q_feat = F.grid_sample(phi, grid, mode="bilinear", padding_mode="border", align_corners=False)
         rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
         rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
         return torch.cat([q_feat, rel_coord, rel_cell], 1)
