@@ -289,7 +289,7 @@ def main(argv=None):
                 history[name].append(float(v.detach()))
             history["step"].append(step)
             bar.update()
-            bar.set_postfix(l1=f"{float(l1):.4f}", perc=f"{float(perc):.4f}")
+            bar.set_postfix(l1=f"{float(l1.detach()):.4f}", perc=f"{float(perc.detach()):.4f}")
             if step % args.save_every == 0 or step == args.steps:
                 save_state()
     except KeyboardInterrupt:

@@ -52,6 +52,10 @@ def test_regular_wheel(source, tmp_path):
     wheel = build(source, "build_wheel", tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "infd_solve/constraints/__init__.py" in names and "infd_solve/pretrained/__init__.py" in names
+    # shipped weights travel as package data (weights themselves are left out of this copy to keep it fast)
+    assert "infd_solve/pretrained/default/infd/config.json" in names
+    assert "infd_solve/pretrained/default/clip/open_clip_config.json" in names
+    assert "infd_solve/pretrained/MODEL_CARD.md" in names
     assert not any(n.split("/")[0] in ("constraints", "recipes", "pretrained", "tests") for n in names)
     found = install_and_probe(wheel, tmp_path / "env")
     site = str(tmp_path / "env")
