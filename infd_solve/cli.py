@@ -34,6 +34,22 @@ def user_errors(prog: str) -> Iterator[None]:
             fail(prog, "interrupted; every file written so far is complete, none is half-written", 130)
 
 
+def add_solver_arguments(parser) -> None:
+    """The flags every guided recipe shares: model, steps, seed, guidance, eta, tiling, device, progress."""
+    from .sampling import GUIDANCE_MODES
+
+    parser.add_argument("--model", default="default",
+                        help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
+    parser.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="guidance step size (default 1.0)")
+    parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
+    parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def model_path(name_or_path: str) -> Path:
     """The directory of a shipped model name (clear error if missing), or the path as given."""
     from . import pretrained

@@ -67,6 +67,27 @@ class Constraint:
 
 
 # ------------------------------------------------------------------------------------------ inputs
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _open(path, name: str, kind: str = "image") -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no {kind} file at {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read {path} as an image ({e})") from None
+
+
+def _unit_range(im: Image.Image) -> np.ndarray:
+    """16-bit / integer pixels scaled to [0, 1]."""
+    array = np.asarray(im, dtype=np.float32)
+    return np.clip(array / (65535.0 if im.mode.startswith("I;16") or array.max() > 255 else 255.0), 0, 1)
+
+
 def load_image(image, name: str = "image") -> torch.Tensor:
     """``1 x 3 x H x W`` (or ``B x 3 x H x W``) float tensor in [-1, 1] from a tensor, PIL image or file path.
 
@@ -74,15 +95,7 @@ def load_image(image, name: str = "image") -> torch.Tensor:
     palettes expanded, grayscale replicated, 16-bit scaled to 8-bit range.
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: no image file at {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return load_image(im, f"{name} ({path.name})")
-        except OSError as e:
-            raise ValueError(f"{name}: cannot read {path} as an image ({e})") from None
+        return load_image(_open(image, name), f"{name} ({Path(image).name})")
     if isinstance(image, Image.Image):
         return _from_pil(image, name)
     if torch.is_tensor(image):
@@ -102,9 +115,8 @@ def load_image(image, name: str = "image") -> torch.Tensor:
 
 def _from_pil(im: Image.Image, name: str) -> torch.Tensor:
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(im, dtype=np.float32)
-        array = array / (65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0)
+    if mode in SIXTEEN_BIT:
+        array = _unit_range(im)
         warnings.warn(f"{name}: 16-bit/integer image (mode {mode}) converted to RGB in [-1, 1]", stacklevel=3)
         rgb = np.repeat(array[..., None], 3, axis=-1)
     else:
@@ -125,19 +137,10 @@ def _from_pil(im: Image.Image, name: str) -> torch.Tensor:
 def load_mask(mask, name: str = "mask") -> torch.Tensor:
     """``1 x 1 x H x W`` float mask in [0, 1] (1 = observed) from a tensor, PIL image or file path."""
     if isinstance(mask, (str, Path)):
-        path = Path(mask)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: no mask file at {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return load_mask(im, f"{name} ({path.name})")
-        except OSError as e:
-            raise ValueError(f"{name}: cannot read {path} as an image ({e})") from None
+        return load_mask(_open(mask, name, "mask"), f"{name} ({Path(mask).name})")
     if isinstance(mask, Image.Image):
-        if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(mask, dtype=np.float32)
-            array = np.clip(array / (65535.0 if mask.mode.startswith("I;16") or array.max() > 255 else 255.0), 0, 1)
+        if mask.mode in SIXTEEN_BIT:
+            array = _unit_range(mask)
             warnings.warn(f"{name}: 16-bit/integer mask (mode {mask.mode}) scaled to [0, 1]", stacklevel=2)
         else:
             if mask.mode not in ("L", "1"):

@@ -38,7 +38,6 @@ from infd_solve.constraints import MaskedObservation
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS, check_box
-from infd_solve.sampling import GUIDANCE_MODES
 from infd_solve.solver import Solver
 
 PROG = "inpaint.py"
@@ -58,16 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                    help="where the image lies on the canvas, in fractions (default: the whole canvas)")
     p.add_argument("--size", type=int, default=None, help="output canvas side (default: the image's pixel density)")
-    p.add_argument("--model", default="default",
-                   help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
-    p.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="guidance step size (default 1.0)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
-    p.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_solver_arguments(p)
     return p
 
 

@@ -41,7 +41,6 @@ from infd_solve.constraints.lowres_observation import OPERATORS
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS
-from infd_solve.sampling import GUIDANCE_MODES
 from infd_solve.solver import Solver
 
 PROG = "super_resolution.py"
@@ -63,16 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-sigma", type=float, default=0.0,
                    help="observation noise std in [-1, 1] units (default 0)")
     p.add_argument("--crop", action="store_true", help="centre-crop a non-square input to its short side")
-    p.add_argument("--model", default="default",
-                   help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
-    p.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="guidance step size (default 1.0)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
-    p.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_solver_arguments(p)
     return p
 
 
