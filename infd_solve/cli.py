@@ -55,3 +55,28 @@ def model_path(name_or_path: str) -> Path:
     from . import pretrained
 
     return pretrained.model_dir(name_or_path) if name_or_path in pretrained.NAMES else Path(name_or_path)
+
+
+def output_paths(source: Path, out: str | None, default_suffix: str) -> tuple[Path, Path]:
+    """The result path (default ``outputs/STEM_SUFFIX.png``) and its ``_compare.png`` figure."""
+    from PIL import Image
+
+    out = Path(out) if out else Path("outputs") / f"{source.stem}_{default_suffix}.png"
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
+    return out, out.with_name(f"{out.stem}_compare.png")
+
+
+def report_table(table: dict, json_path: Path, **meta) -> None:
+    """Print an evaluation table (metric, value) and write it with ``meta`` as JSON, atomically."""
+    import json
+
+    from .io import atomic_path
+
+    width = max(map(len, table))
+    print(f"\n{'metric'.ljust(width)}  value")
+    for k, v in table.items():
+        print(f"{k.ljust(width)}  {v:.2f}")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(meta | {"metrics": table}, indent=2) + "\n")

@@ -19,7 +19,6 @@ Prints one table:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import infd_solve
+from infd_solve import cli
 from infd_solve.clip import load_clip
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
-from infd_solve.io import atomic_path, save_figure
+from infd_solve.io import save_figure
 from infd_solve.metrics import area_downsample, frechet_distance, psnr
 
 
@@ -152,13 +152,7 @@ def main(argv=None):
     table[f"CLIP zero-shot top-1 ({len(crops)} crops, %)"] = 100 * float((predicted == torch.tensor(targets)).float().mean())
     table["wall time (s)"] = round(time.time() - t_start, 1)
 
-    width = max(map(len, table))
-    print(f"\n{'metric'.ljust(width)}  value")
-    for k, v in table.items():
-        print(f"{k.ljust(width)}  {v:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"scenes": args.scenes, "steps": args.steps, "metrics": table}, indent=2) + "\n")
+    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps)
     figure(scenes[:4], phis[:4], model, args.out.with_suffix(".png"), table)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return table

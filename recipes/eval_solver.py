@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import infd_solve
+from infd_solve import cli
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox, LowResObservation, MaskedObservation
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
-from infd_solve.io import atomic_path, save_figure
+from infd_solve.io import save_figure
 from infd_solve.metrics import psnr
 
 
@@ -126,14 +126,7 @@ def main(argv=None):
     table[f"CLIP box score guided > unguided ({total} boxes, %)"] = 100 * wins / max(total, 1)
     table["wall time (s)"] = round(time.time() - start, 1)
 
-    width = max(map(len, table))
-    print(f"\n{'metric'.ljust(width)}  value")
-    for k, v in table.items():
-        print(f"{k.ljust(width)}  {v:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"scenes": args.scenes, "steps": args.steps, "guidance": args.guidance,
-                                   "metrics": table}, indent=2) + "\n")
+    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance)
     draw(figure_rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return table

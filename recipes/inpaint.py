@@ -156,10 +156,7 @@ def plot_compare(constraint: MaskedObservation, result, ours_path: Path, path: P
 
 def run(args) -> dict:
     source = Path(args.image)
-    out = Path(args.out) if args.out else Path("outputs") / f"{source.stem}_inpainted.png"
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
-    compare = out.with_name(f"{out.stem}_compare.png")
+    out, compare = cli.output_paths(source, args.out, "inpainted")
     model_path = cli.model_path(args.model)
     refuse_overwriting_inputs([out, compare], [source, model_path, args.mask])
 

@@ -137,10 +137,7 @@ def plot_compare(observed: torch.Tensor, ours_path: Path, path: Path, max_pixels
 
 def run(args) -> dict:
     source = Path(args.input)
-    out = Path(args.out) if args.out else Path("outputs") / f"{source.stem}_sr.png"
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
-    compare = out.with_name(f"{out.stem}_compare.png")
+    out, compare = cli.output_paths(source, args.out, "sr")
     model_path = cli.model_path(args.model)
     refuse_overwriting_inputs([out, compare], [source, model_path])
 
