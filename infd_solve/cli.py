@@ -43,7 +43,9 @@ def add_solver_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="guidance step size (default 1.0)")
+    parser.add_argument("--guidance-scale", type=float, default=0.1, help="guidance step size (default 0.1)")
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="data-consistency optimization steps on the final latent (default %(default)s)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
     parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -4,7 +4,7 @@ A layout (every field but ``items`` optional; defaults shown)::
 
     {
       "canvas": 512,                  # output size: S (square) or [H, W]
-      "seed": 0, "steps": 50, "guidance": "dps", "scale": 1.0, "eta": 1.0, "batch_size": 1,
+      "seed": 0, "steps": 50, "guidance": "dps", "scale": 0.1, "eta": 1.0, "batch_size": 1,
       "normalize": true, "max_grad_norm": null,          # Solver options
       "description": "free text",
       "items": [
@@ -81,7 +81,7 @@ class LayoutSettings:
     seed: int = 0
     steps: int = 50
     guidance: str = "dps"
-    scale: float = 1.0
+    scale: float = 0.1  # the Solver's default
     eta: float = 1.0
     batch_size: int = 1
     normalize: bool = True

@@ -19,7 +19,7 @@ from .io import save_figure, save_image
 from .metrics import psnr
 from .models.infd import INFDModel
 from .rendering import FULL_CANVAS, check_box
-from .sampling import GUIDANCE_MODES, ddim_timesteps, initial_noise, sample_guided
+from .sampling import GUIDANCE_MODES, ddim_timesteps, initial_noise, refine_latent, sample_guided
 
 
 @dataclass
@@ -28,7 +28,8 @@ class Result:
 
     ``latent`` (B x C x h x w) and ``field`` (decoded, B x C' x H' x W'); ``history``: ``loss`` (constraint name
     -> per-step list of per-sample losses), ``timesteps``, ``step_seconds``, ``skipped`` (per step, the samples
-    whose guidance was dropped because a loss or gradient was not finite).
+    whose guidance was dropped because a loss or gradient was not finite); the first ``sampling_steps``
+    entries are the sampler's, the rest the refinement's.
     """
 
     model: INFDModel
@@ -84,7 +85,12 @@ class Result:
         for name, values in self.history["loss"].items():
             steps = [i for i, v in enumerate(values) if v is not None]
             ax.plot(steps, [float(values[i].mean()) for i in steps], label=name)
-        ax.set_xlabel("sampling step")
+        sampling_steps = self.history.get("sampling_steps", len(self.history["timesteps"]))
+        if len(self.history["timesteps"]) > sampling_steps:
+            ax.axvline(sampling_steps - 0.5, color="gray", linestyle=":", label="refinement starts")
+            ax.set_xlabel("step (sampling, then refinement)")
+        else:
+            ax.set_xlabel("sampling step")
         ax.set_ylabel("constraint loss (batch mean)")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
@@ -99,16 +105,23 @@ class Solver:
 
     ``guidance``: ``"dps"`` (gradient through the denoiser, Chung et al. 2023) or ``"x0"`` (gradient with
     respect to the predicted clean latent only; cheaper). ``scale``: global step size, multiplied by each
-    constraint's ``weight``. ``normalize``: DPS's normalization, guiding on the square root of each
+    constraint's ``weight`` (the best value depends on model and task: on the default model 0.03-0.3 work,
+    while 1.0 pushes observation-guided latents far off the prior; ``recipes/eval_solver.py`` measures it). ``normalize``: DPS's normalization, guiding on the square root of each
     constraint's loss (its residual norm), per sample. ``max_grad_norm``: per-sample clipping of the guidance
-    gradient.
+    gradient. ``refine_steps``: after sampling, that many Adam steps (learning rate ``refine_lr``) on the
+    final latent against the same objective (data consistency; see :func:`infd_solve.sampling.refine_latent`).
     """
 
     def __init__(self, model: INFDModel, steps: int = 200, eta: float = 1.0, guidance: str = "dps",
-                 scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
-                 progress: bool = True):
+                 scale: float = 0.1, normalize: bool = True, max_grad_norm: float | None = None,
+                 refine_steps: int = 0, refine_lr: float = 0.05, progress: bool = True):
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+            raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}")
+        if not refine_lr > 0:
+            raise ValueError(f"refine_lr must be > 0, got {refine_lr!r}")
+        self.refine_steps, self.refine_lr = refine_steps, float(refine_lr)
         self.model, self.eta, self.guidance = model, float(eta), guidance
         self.timesteps = ddim_timesteps(steps, model.scheduler.config.num_train_timesteps)
         self.scale, self.normalize, self.max_grad_norm, self.progress = scale, normalize, max_grad_norm, progress
@@ -152,7 +165,8 @@ class Solver:
             generator = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
         x = initial_noise((batch_size, *model.config.z_shape), generator, noise, model.device, model.dtype)
 
-        history = {"loss": {c.name: [] for c in constraints}, "timesteps": [], "step_seconds": [], "skipped": []}
+        history = {"loss": {c.name: [] for c in constraints}, "timesteps": [], "step_seconds": [], "skipped": [],
+                   "sampling_steps": len(self.timesteps)}
         clock = [time.perf_counter()]
 
         def record(state):
@@ -166,8 +180,11 @@ class Solver:
             if callback is not None:
                 callback(state)
 
-        z = sample_guided(model.denoise, x, model.alphas_cumprod, self.timesteps, self.objective(constraints),
+        objective = self.objective(constraints)
+        z = sample_guided(model.denoise, x, model.alphas_cumprod, self.timesteps, objective,
                           self.scale, self.guidance, self.eta, generator, self.max_grad_norm, record, self.progress)
+        if self.refine_steps:
+            z = refine_latent(z, objective, self.refine_steps, self.refine_lr, record, self.progress)
         z = z.detach() / model.config.latent_scale
         with torch.no_grad():
             phi = model.decode(z)

@@ -44,9 +44,12 @@ def main(argv=None):
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--boxes", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sr-scale", type=float, default=None, help="guidance scale for SR (default: per operator)")
-    p.add_argument("--inpaint-scale", type=float, default=1.0)
-    p.add_argument("--clip-scale", type=float, default=1.0)
+    p.add_argument("--sr-scale", type=float, default=0.2, help="guidance scale for super-resolution")
+    p.add_argument("--inpaint-scale", type=float, default=0.03)
+    p.add_argument("--clip-scale", type=float, default=0.3)
+    p.add_argument("--refine-steps", type=int, default=100,
+                   help="data-consistency steps after sampling, for SR and inpainting (0: none)")
+    p.add_argument("--tasks", nargs="+", choices=["sr", "inpainting", "clip"], default=["sr", "inpainting", "clip"])
     p.add_argument("--guidance", choices=["dps", "x0"], default="dps")
     p.add_argument("--out", type=Path, default=Path("outputs/eval_solver"))
     p.add_argument("--threads", type=int, default=None)
@@ -59,75 +62,82 @@ def main(argv=None):
     seeds = [TEST_SEED_OFFSET + 20_000 + i for i in range(args.scenes)]
     table, figure_rows = {}, []
 
-    def solver(scale):
-        return infd_solve.Solver(model, steps=args.steps, guidance=args.guidance, scale=scale, progress=False)
+    def solver(scale, refine_steps=0):
+        return infd_solve.Solver(model, steps=args.steps, guidance=args.guidance, scale=scale,
+                                 refine_steps=refine_steps, progress=False)
 
-    # ---- super-resolution x8
-    for operator in ("render", "area", "bicubic"):
-        consistency, fidelity = [], []
-        for k, seed in enumerate(tqdm(seeds, desc=f"SR x8 ({operator})")):
-            low, truth = scene_image(seed, 64), scene_image(seed, 512)
-            c = LowResObservation(low, operator=operator)
-            result = solver(args.sr_scale or 1.0).solve([c], seed=k)
+    if "sr" in args.tasks:
+        baseline = [psnr(F.interpolate(scene_image(seed, 64), size=512, mode="bicubic", align_corners=False)
+                         .clamp(-1, 1), scene_image(seed, 512)).item() for seed in seeds]
+        table["SR x8 PSNR vs 512 truth, plain bicubic upsampling (dB)"] = float(np.mean(baseline))
+        for operator in ("render", "area", "bicubic"):
+            consistency, fidelity = [], []
+            for k, seed in enumerate(tqdm(seeds, desc=f"SR x8 ({operator})")):
+                low, truth = scene_image(seed, 64), scene_image(seed, 512)
+                c = LowResObservation(low, operator=operator)
+                result = solver(args.sr_scale, args.refine_steps).solve([c], seed=k)
+                with torch.no_grad():
+                    seen = c.forward_operator(result.render(c.size))
+                    consistency.append(psnr(seen, low).item())
+                    high = result.render(512)
+                    fidelity.append(psnr(high, truth).item())
+                if operator == "render" and k < 3:
+                    bicubic = F.interpolate(low, size=512, mode="bicubic", align_corners=False).clamp(-1, 1)
+                    figure_rows.append(("SR x8", [bicubic, high, truth]))
+            table[f"SR x8 consistency, {operator} (dB)"] = float(np.mean(consistency))
+            table[f"SR x8 PSNR vs 512 truth, {operator} (dB)"] = float(np.mean(fidelity))
+
+    if "inpainting" in args.tasks:
+        known_psnr = []
+        mask = torch.ones(1, 1, 256, 256)
+        mask[..., 64:192, 64:192] = 0
+        for k, seed in enumerate(tqdm(seeds, desc="inpainting")):
+            image = scene_image(seed, 256)
+            c = MaskedObservation(image, mask=mask)
+            result = solver(args.inpaint_scale, args.refine_steps).solve([c], seed=k)
             with torch.no_grad():
-                seen = c.forward_operator(result.render(c.size))
-                consistency.append(psnr(seen, low).item())
-                high = result.render(512)
-                fidelity.append(psnr(high, truth).item())
-            if operator == "render" and k < 3:
-                bicubic = F.interpolate(low, size=512, mode="bicubic", align_corners=False).clamp(-1, 1)
-                figure_rows.append(("SR x8", [bicubic, high, truth]))
-        table[f"SR x8 consistency, {operator} (dB)"] = float(np.mean(consistency))
-        table[f"SR x8 PSNR vs 512 truth, {operator} (dB)"] = float(np.mean(fidelity))
+                out = result.render(256)
+            known = mask.bool().expand_as(out)
+            mse = (out - image)[known].square().mean()
+            known_psnr.append(float(10 * torch.log10(4 / mse)))
+            if k < 3:
+                figure_rows.append(("inpainting", [image * mask - (1 - mask), out, image]))
+        table["inpainting known-region PSNR (dB)"] = float(np.mean(known_psnr))
 
-    # ---- inpainting: centre square unknown
-    known_psnr = []
-    mask = torch.ones(1, 1, 256, 256)
-    mask[..., 64:192, 64:192] = 0
-    for k, seed in enumerate(tqdm(seeds, desc="inpainting")):
-        image = scene_image(seed, 256)
-        c = MaskedObservation(image, mask=mask)
-        result = solver(args.inpaint_scale).solve([c], seed=k)
-        with torch.no_grad():
-            out = result.render(256)
-        known = mask.bool().expand_as(out)
-        mse = (out - image)[known].square().mean()
-        known_psnr.append(float(10 * torch.log10(4 / mse)))
-        if k < 3:
-            figure_rows.append(("inpainting", [image * mask - (1 - mask), out, image]))
-    table["inpainting known-region PSNR (dB)"] = float(np.mean(known_psnr))
-
-    # ---- CLIP boxes: guided vs unguided, same seeds
-    rng = np.random.default_rng(0)
-    prompts = label_captions()
-    wins, total = 0, 0
-    bar = tqdm(total=args.boxes, desc="CLIP boxes")
-    attempt = 0
-    while total < args.boxes and attempt < 50 * args.boxes:
-        attempt += 1
-        seed = TEST_SEED_OFFSET + 30_000 + attempt
-        side = rng.uniform(0.2, 0.5)
-        left, top = rng.uniform(0, 1 - side, size=2)
-        box = (float(left), float(top), float(left + side), float(top + side))
-        _, labels = render_scene(sample_scene(seed), box, (32, 32))
-        counts = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels.size
-        if counts.max() < 0.6:
-            continue
-        c = ClipBox(prompts[LABELS[int(counts.argmax())]], box, clip=clip)
-        scores = []
-        for scale in (args.clip_scale, 0.0):
-            result = solver(scale).solve([c], seed=total)
-            with torch.no_grad():
-                scores.append(c.similarity(result.render(c.size, c.box)).item())
-        wins += scores[0] > scores[1]
-        total += 1
-        bar.update()
-    bar.close()
-    table[f"CLIP box score guided > unguided ({total} boxes, %)"] = 100 * wins / max(total, 1)
+    if "clip" in args.tasks:
+        rng = np.random.default_rng(0)
+        prompts = label_captions()
+        wins, total = 0, 0
+        bar = tqdm(total=args.boxes, desc="CLIP boxes")
+        attempt = 0
+        while total < args.boxes and attempt < 50 * args.boxes:
+            attempt += 1
+            seed = TEST_SEED_OFFSET + 30_000 + attempt
+            side = rng.uniform(0.2, 0.5)
+            left, top = rng.uniform(0, 1 - side, size=2)
+            box = (float(left), float(top), float(left + side), float(top + side))
+            _, labels = render_scene(sample_scene(seed), box, (32, 32))
+            counts = np.bincount(labels.ravel(), minlength=len(LABELS)) / labels.size
+            if counts.max() < 0.6:
+                continue
+            c = ClipBox(prompts[LABELS[int(counts.argmax())]], box, clip=clip)
+            scores = []
+            for scale in (args.clip_scale, 0.0):
+                result = solver(scale).solve([c], seed=total)
+                with torch.no_grad():
+                    scores.append(c.similarity(result.render(c.size, c.box)).item())
+            wins += scores[0] > scores[1]
+            total += 1
+            bar.update()
+        bar.close()
+        table[f"CLIP box score guided > unguided ({total} boxes, %)"] = 100 * wins / max(total, 1)
     table["wall time (s)"] = round(time.time() - start, 1)
 
-    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance)
-    draw(figure_rows, args.out.with_suffix(".png"))
+    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance,
+                     sr_scale=args.sr_scale, inpaint_scale=args.inpaint_scale, clip_scale=args.clip_scale,
+                     refine_steps=args.refine_steps)
+    if figure_rows:
+        draw(figure_rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return table
 

@@ -17,6 +17,7 @@ Writes ``OUT/infd`` (an autoencoder-only model, loadable with ``infd_solve.load_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ import infd_solve
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import LandscapeDataset, render as render_scene
 from infd_solve.io import atomic_path, save_figure
-from infd_solve.losses import perceptual_loss
+from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -147,7 +148,7 @@ def default_config(args) -> INFDConfig:
     stack = {"ch": args.ch, "ch_mult": levels, "num_res_blocks": args.res_blocks, "resolution": args.input_size,
              "z_channels": 3}
     return INFDConfig(
-        z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed,
+        z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed or None,
         renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
                   "feature_sampling": args.feature_sampling}, unet=None,
     )
@@ -164,7 +165,7 @@ def parse_args(argv=None):
     p.add_argument("--ch", type=int, default=32)
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32, help="renderer hidden channels")
-    p.add_argument("--n-embed", type=int, default=512)
+    p.add_argument("--n-embed", type=int, default=512, help="codebook size; 0: no quantizer (continuous latents)")
     p.add_argument("--feature-sampling", choices=["nearest", "bilinear"], default="nearest",
                    help="renderer feature lookup (nearest: official CLIF)")
     p.add_argument("--init", help="start from this model directory (same autoencoder sizes)")
@@ -177,6 +178,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--perceptual", choices=["lpips", "substitute"], default="lpips")
     p.add_argument("--perceptual-weight", type=float, default=1.0)
+    p.add_argument("--detail-weight", type=float, default=0.0,
+                   help="weight of DetailEnergyLoss (texture strength at any phase; 0: off)")
     p.add_argument("--gan-weight", type=float, default=0.75)
     p.add_argument("--gan-start", type=int, default=3000)
     p.add_argument("--save-every", type=int, default=500)
@@ -217,10 +220,17 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
 
-    model = INFDModel(default_config(args))
+    config = default_config(args)
     if args.init:
         init = infd_solve.load_model(args.init)
-        model.load_state_dict({k: v for k, v in init.state_dict().items() if not k.startswith("unet.")})
+        if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it
+            config = dataclasses.replace(config, unet=init.config.unet, scheduler=init.config.scheduler,
+                                         latent_scale=init.config.latent_scale)
+    model = INFDModel(config)
+    if args.init:
+        skip = ("unet.",) if not args.freeze_encoder or init.config.unet is None else ()
+        skip += ("quantizer.",) if model.quantizer is None else ()  # fine-tune the decoder on unquantized z
+        model.load_state_dict({k: v for k, v in init.state_dict().items() if not k.startswith(skip)})
     frozen = ("unet.", "encoder.", "quantizer.") if args.freeze_encoder else ("unet.",)
     model.encoder.requires_grad_(not args.freeze_encoder)
     if model.quantizer is not None:
@@ -229,8 +239,9 @@ def main(argv=None):
     gen_params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    detail_loss = DetailEnergyLoss()
     perceptual, perceptual_name = perceptual_loss("lpips" if args.perceptual == "lpips" else "substitute")
-    history = {"step": [], "l1": [], "perceptual": [], "vq": [], "gan_g": [], "gan_d": []}
+    history = {"step": [], "l1": [], "perceptual": [], "detail": [], "vq": [], "gan_g": [], "gan_d": []}
     step, wall = 0, 0.0
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)  # our own file
@@ -267,7 +278,8 @@ def main(argv=None):
                               for i, b in enumerate(boxes)])
             l1 = (pred - gt).abs().mean()
             perc = perceptual(pred, gt).mean()
-            rec = l1 + args.perceptual_weight * perc
+            detail = detail_loss(pred, gt).mean() if args.detail_weight else torch.zeros(())
+            rec = l1 + args.perceptual_weight * perc + args.detail_weight * detail
             loss = rec + vq_loss
             gan_g = d_loss = torch.zeros(())
             use_gan = args.gan_weight > 0 and step >= args.gan_start
@@ -285,8 +297,9 @@ def main(argv=None):
                 opt_d.step()
             step += 1
             wall += time.time() - t0
-            for name, v in (("l1", l1), ("perceptual", perc), ("vq", vq_loss), ("gan_g", gan_g), ("gan_d", d_loss)):
-                history[name].append(float(v.detach()))
+            terms = {"l1": l1, "perceptual": perc, "detail": detail, "vq": vq_loss, "gan_g": gan_g, "gan_d": d_loss}
+            for name, v in terms.items():
+                history.setdefault(name, []).append(float(v.detach()))  # setdefault: states from older runs
             history["step"].append(step)
             bar.update()
             bar.set_postfix(l1=f"{float(l1.detach()):.4f}", perc=f"{float(perc.detach()):.4f}")
@@ -306,7 +319,7 @@ def main(argv=None):
            "steps": step, "wall_seconds": round(wall, 1), "threads": args.threads, "perceptual": perceptual_name,
            "final": {k: float(np.mean(v[-200:])) for k, v in history.items() if k != "step" and v},
            "parameters": {n: sum(p.numel() for p in getattr(model, n).parameters())
-                          for n in ("encoder", "quantizer", "decoder", "renderer")}}
+                          for n in ("encoder", "quantizer", "decoder", "renderer") if getattr(model, n) is not None}}
     with atomic_path(out / "train_log.json") as tmp:
         tmp.write_text(json.dumps(log, indent=2) + "\n")
     print(json.dumps(log, indent=2))

@@ -135,9 +135,9 @@ def main(argv=None):
             step += 1
             wall += time.time() - t0
             history["step"].append(step)
-            history["mse"].append(float(loss))
+            history["mse"].append(float(loss.detach()))
             bar.update()
-            bar.set_postfix(mse=f"{float(loss):.4f}")
+            bar.set_postfix(mse=f"{float(loss.detach()):.4f}")
             if step % args.save_every == 0 or step == args.steps:
                 save_state()
     except KeyboardInterrupt:

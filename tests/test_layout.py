@@ -1,5 +1,6 @@
 """Layouts: JSON -> settings + constraints, and validation messages that point at the bad item and field."""
 
+import inspect
 import json
 import math
 import re
@@ -83,10 +84,11 @@ def error_of(layout, **kw) -> str:
 
 def test_minimal_layout_gets_the_defaults():
     s, cs = parse_layout({"items": [color()]})
+    solver_scale = inspect.signature(Solver).parameters["scale"].default  # a layout defaults to the Solver's
     assert (s.canvas, s.seed, s.steps, s.guidance, s.scale, s.eta, s.batch_size) == ((512, 512), 0, 50, "dps",
-                                                                                    1.0, 1.0, 1)
-    assert s.solver_kwargs() == {"steps": 50, "eta": 1.0, "guidance": "dps", "scale": 1.0, "normalize": True,
-                                 "max_grad_norm": None}
+                                                                                    solver_scale, 1.0, 1)
+    assert s.solver_kwargs() == {"steps": 50, "eta": 1.0, "guidance": "dps", "scale": solver_scale,
+                                 "normalize": True, "max_grad_norm": None}
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
 

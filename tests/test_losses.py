@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from infd_solve.constraints import PerceptualMatch
-from infd_solve.losses import PyramidLoss, load_lpips, perceptual_loss
+from infd_solve.losses import DetailEnergyLoss, PyramidLoss, load_lpips, perceptual_loss
 
 
 @pytest.fixture
@@ -48,3 +48,16 @@ def test_pyramid_loss_is_per_sample_and_zero_only_for_equal_images():
     loss = PyramidLoss()(a, b)
     assert loss.shape == (3,)
     assert loss[0] == 0 and loss[2] == 0 and loss[1] > 0
+
+
+def test_detail_energy_prefers_texture_at_another_phase_to_blur():
+    """Pixel L1 rewards averaging unpredictable texture away; DetailEnergyLoss rewards texture of the right
+    strength wherever it sits."""
+    g = torch.Generator().manual_seed(0)
+    texture = torch.rand(2, 3, 24, 24, generator=g) * 2 - 1
+    shifted = torch.roll(texture, shifts=(5, 7), dims=(2, 3))  # same texture, other phase
+    blurred = torch.zeros_like(texture)  # the L1-optimal guess for unpredictable texture
+    loss = DetailEnergyLoss()
+    assert (shifted - texture).abs().mean() > (blurred - texture).abs().mean()  # L1 prefers blur
+    assert (loss(shifted, texture) < 0.25 * loss(blurred, texture)).all()
+    assert torch.equal(loss(texture, texture), torch.zeros(2))

@@ -66,6 +66,30 @@ def test_sample_does_not_depend_on_its_batch(gaussian_model):
     assert not torch.allclose(batch.latent[0], batch.latent[2])
 
 
+def test_refinement_fits_the_observation_and_keeps_samples_independent(gaussian_model, tmp_path):
+    """Data consistency after sampling: the final loss drops, each sample still ignores its batch, and the
+    history marks where refinement starts."""
+    import copy
+
+    model = copy.deepcopy(gaussian_model).double()
+    with torch.no_grad():
+        low = model.render(model.decode(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3),
+                                                    dtype=torch.float64)), (8, 8))
+    c = LowResObservation(low.float())
+    sampled = Solver(model, steps=10, scale=2.0, progress=False).solve([c], batch_size=2, seed=5)
+    refined = Solver(model, steps=10, scale=2.0, refine_steps=30, progress=False)
+    batch = refined.solve([c], batch_size=2, seed=5)
+    alone = refined.solve([c], batch_size=1, seed=6)
+    losses = batch.history["loss"][c.name]
+    assert len(losses) == 40 and batch.history["sampling_steps"] == 10
+    torch.testing.assert_close(losses[9], sampled.history["loss"][c.name][9])  # same sampling, then refinement
+    assert (losses[-1] < 0.5 * losses[9]).all()
+    torch.testing.assert_close(alone.latent[0], batch.latent[1], rtol=1e-7, atol=1e-7)
+    assert batch.plot_losses(tmp_path / "losses.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="refine_steps"):
+        Solver(model, refine_steps=-1)
+
+
 def test_history_active_window_and_timing(local_model):
     late = Brightness(0.5, (0, 0, 1, 1), active=(0, 300), name="late")
     result = Solver(local_model, steps=10, scale=0.05, progress=False).solve([late], seed=0)

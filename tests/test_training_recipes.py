@@ -62,14 +62,37 @@ def test_autoencoder_recipe_on_a_folder_of_images(tmp_path):
     assert (out / "infd" / "model.safetensors").is_file()
 
 
-def test_diffusion_recipe_trains_on_latents(autoencoder, tmp_path):
-    out = tmp_path / "dm"
+@pytest.fixture(scope="module")
+def diffusion(autoencoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dm")
     recipe("train_diffusion").main([
         "--autoencoder", str(autoencoder / "infd"), "--out", str(out), "--num-scenes", "8", "--steps", "2",
         "--batch-size", "4", "--model-channels", "32", "--channel-mult", "1", "2", "--attention", "2",
         "--head-channels", "16", "--threads", "1"])
+    return out
+
+
+def test_diffusion_recipe_trains_on_latents(diffusion):
+    out = diffusion
     model = infd_solve.load_model(out / "infd")
     assert model.unet is not None and model.config.latent_scale > 0
     z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
     assert z.shape == (1, 3, 8, 8) and torch.isfinite(z).all()
     assert json.loads((out / "train_log.json").read_text())["steps"] == 2
+
+
+def test_decoder_fine_tune_keeps_latents_and_denoiser(diffusion, tmp_path):
+    """--freeze-encoder: encoder and denoiser come through bitwise, so the denoiser stays valid; --n-embed 0
+    drops the quantizer (the decoder learns unquantized latents); --detail-weight adds DetailEnergyLoss."""
+    out = tmp_path / "ft"
+    recipe("train_autoencoder").main(["--out", str(out), "--init", str(diffusion / "infd"), "--freeze-encoder",
+                                      "--n-embed", "0", "--detail-weight", "1", "--steps", "2", "--gan-start", "0"]
+                                     + TINY_AE[:TINY_AE.index("--n-embed")] + TINY_AE[TINY_AE.index("--patch"):])
+    before, after = infd_solve.load_model(diffusion / "infd"), infd_solve.load_model(out / "infd")
+    assert after.quantizer is None and after.config.latent_scale == before.config.latent_scale
+    old = before.state_dict()
+    for key, value in after.state_dict().items():
+        if key.startswith(("encoder.", "unet.")):
+            assert torch.equal(value, old[key]), key
+    assert any(not torch.equal(v, old[k]) for k, v in after.state_dict().items() if k.startswith("renderer."))
+    assert len(json.loads((out / "train_log.json").read_text())["final"]) >= 3
