@@ -13,14 +13,16 @@ OPERATORS = ("render", "area", "bicubic")
 class LowResObservation(Constraint):
     """``image`` is ``box`` of the canvas seen at low resolution.
 
-    ``operator="render"``: the field is rendered directly on the observation's grid (the neural-field way: the
-    renderer knows the pixel size). ``"area"`` / ``"bicubic"``: rendered at ``factor`` x the observation's size,
-    then area-averaged / bicubic-downsampled. ``noise_sigma`` is the observation noise (in [-1, 1] units); the
+    ``operator="area"`` (default) / ``"bicubic"``: rendered at ``factor`` x the observation's size, then
+    area-averaged / bicubic-downsampled. ``"render"``: the field is rendered directly on the observation's grid
+    (the neural-field way: the renderer knows the pixel size; about 3x cheaper per step). Measured on the
+    default model (``recipes/eval_solver.py``, SR x8, 8 scenes): consistency 30.4 / 30.4 / 29.5 dB and
+    fidelity to the ground truth 28.2 / 28.3 / 27.5 dB for area / bicubic / render; area is the default. ``noise_sigma`` is the observation noise (in [-1, 1] units); the
     loss is the squared residual norm minus its expected noise part, floored at 0, so a solution is not pushed
     to fit the noise.
     """
 
-    def __init__(self, image, box=(0.0, 0.0, 1.0, 1.0), noise_sigma: float = 0.0, operator: str = "render",
+    def __init__(self, image, box=(0.0, 0.0, 1.0, 1.0), noise_sigma: float = 0.0, operator: str = "area",
                  factor: int = 4, **kwargs):
         if operator not in OPERATORS:
             raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")

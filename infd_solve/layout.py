@@ -12,7 +12,7 @@ A layout (every field but ``items`` optional; defaults shown)::
          "negative": ["fog"], "negative_weight": 0.5, "active": [0, 999]},
         {"type": "color", "color": "#2a5caa", "polygon": [[0.1, 0.7], [0.9, 0.7], [0.5, 1.0]]},
         {"type": "observation", "image": "photo.png", "mask": "mask.png", "box": [0.5, 0.5, 1.0, 1.0]},
-        {"type": "lowres", "image": "small.png", "box": [0, 0, 1, 1], "noise_sigma": 0.0, "operator": "render"},
+        {"type": "lowres", "image": "small.png", "box": [0, 0, 1, 1], "noise_sigma": 0.0, "operator": "area"},
         {"type": "perceptual", "image": "reference.png", "box": [0, 0, 0.5, 0.5], "net": "vgg"}
       ]
     }

@@ -3,7 +3,7 @@
 Usage::
 
     python recipes/super_resolution.py small.png --size 2048 -o outputs/big.png
-    python recipes/super_resolution.py small.png --scale 8 -o outputs/big.png --operator area --noise-sigma 0.02
+    python recipes/super_resolution.py small.png --scale 8 -o outputs/big.png --operator render --noise-sigma 0.02
     python recipes/super_resolution.py wide.png --scale 4 --crop -o outputs/big.png
 
 The field is sampled by guided DDIM so that the canvas, seen through ``--operator``, reproduces the input:
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--size", type=int, help="output side in pixels (the canvas is square)")
     target.add_argument("--scale", type=float, help="output side = scale x input side (any factor >= 1)")
     p.add_argument("-o", "--out", default=None, help="output image (default outputs/INPUT_NAME_sr.png)")
-    p.add_argument("--operator", choices=OPERATORS, default="render",
-                   help="how the canvas becomes the input: render on its grid, area average or bicubic (default render)")
+    p.add_argument("--operator", choices=OPERATORS, default="area",
+                   help="how the canvas becomes the input: area average (default), bicubic, or render on its grid")
     p.add_argument("--factor", type=int, default=4,
                    help="area/bicubic: render at factor x the input size before downsampling (default 4)")
     p.add_argument("--noise-sigma", type=float, default=0.0,
