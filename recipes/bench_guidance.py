@@ -65,8 +65,8 @@ class RegionLocalDecoding:
     The decoder's global parts are not recomputed per window: its mid block (global attention, at latent
     resolution, cheap) runs on the whole latent; every GroupNorm of the upsampling path uses the per-group
     statistics recorded by :meth:`record` on a full decode without gradients (the previous step's, in a
-    sampler; its cost is part of the measured step). Exact up to
-    the halo and the staleness of those statistics; both errors are measured in :func:`region_local_report`.
+    sampler; its cost is part of the measured step). Exact up to the halo and the staleness of those
+    statistics; both errors are measured in :func:`region_local_report`.
     """
 
     def __init__(self, model, halo: int = 4):
