@@ -52,6 +52,28 @@ def add_solver_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def load_sampling_model(path, device: str | None = None):
+    """The model at ``path`` in eval mode on ``device`` (default: cuda if available, else cpu); a clear error
+    if it has no diffusion denoiser."""
+    import torch
+
+    from .models import load_model
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(path, device=device).eval()
+    if model.unet is None:
+        raise ValueError(f"{path} is an autoencoder without a diffusion denoiser; it cannot sample")
+    return model
+
+
+def solver_from_arguments(model, args):
+    """A :class:`~infd_solve.Solver` from the flags of :func:`add_solver_arguments`."""
+    from .solver import Solver
+
+    return Solver(model, steps=args.steps, eta=args.eta, guidance=args.guidance, scale=args.guidance_scale,
+                  refine_steps=args.refine_steps, progress=not args.no_progress)
+
+
 def model_path(name_or_path: str) -> Path:
     """The directory of a shipped model name (clear error if missing), or the path as given."""
     from . import pretrained

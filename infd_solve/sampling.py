@@ -212,11 +212,12 @@ def refine_latent(
             loss, terms = objective(x, i, 0)
             grad = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0] if loss.requires_grad else None
         grad, skipped = _sanitize(torch.zeros_like(x) if grad is None else grad, loss.detach(), None)
-        before = x.detach().clone()
+        before = x.detach().clone() if skipped.any() else None
         x.grad = grad
         opt.step()
-        with torch.no_grad():  # Adam's momentum would still move a skipped sample: put it back
-            x[skipped] = before[skipped]
+        if before is not None:  # Adam's momentum would still move a skipped sample: put it back
+            with torch.no_grad():
+                x[skipped] = before[skipped]
         if callback is not None:
             callback({"i": i, "t": 0, "x": x.detach(), "x0": x.detach(), "loss": loss.detach(), "terms": terms,
                       "grad_norm": grad.flatten(1).norm(dim=1), "skipped": skipped})

@@ -32,13 +32,11 @@ from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
 from infd_solve import cli
-from infd_solve.models import load_model
 from infd_solve.constraint import load_image, load_mask
 from infd_solve.constraints import MaskedObservation
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS, check_box
-from infd_solve.solver import Solver
 
 PROG = "inpaint.py"
 MAX_SIZE = 32768
@@ -172,14 +170,10 @@ def run(args) -> dict:
     if known >= 1.0:
         print(f"{PROG}: note: every pixel of the image is known (nothing to fill)", file=sys.stderr)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(model_path, device=device).eval()
-    if model.unet is None:
-        raise ValueError(f"{model_path} is an autoencoder without a diffusion denoiser; it cannot sample")
+    model = cli.load_sampling_model(model_path, args.device)
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
           f"{canvas[0]}x{canvas[1]}, {args.steps} steps, seed {args.seed}")
-    solver = Solver(model, steps=args.steps, eta=args.eta, guidance=args.guidance, scale=args.guidance_scale,
-                    refine_steps=args.refine_steps, progress=not args.no_progress)
+    solver = cli.solver_from_arguments(model, args)
     result = solver.solve([constraint], seed=args.seed)
     written = result.save(out, canvas, tile=args.tile)
     print(written[0])

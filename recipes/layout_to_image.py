@@ -30,7 +30,6 @@ from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
 from infd_solve import cli
-from infd_solve.models import load_model
 from infd_solve.io import refuse_overwriting_inputs, save_figure
 from infd_solve.layout import item_label, parse_layout, read_layout
 from infd_solve.solver import Solver
@@ -184,10 +183,7 @@ def run(parser, args) -> dict:
     inputs += [item[k] for item in settings.items for k in ("image", "mask") if isinstance(item.get(k), Path)]
     refuse_overwriting_inputs([*images, overlay, losses], inputs)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(model_path, device=device).eval()
-    if model.unet is None:
-        raise ValueError(f"{model_path} is an autoencoder without a diffusion denoiser; it cannot sample")
+    model = cli.load_sampling_model(model_path, args.device)
     h, w = settings.canvas
     print(f"{layout_path.name}: {len(constraints)} constraints, canvas {h}x{w}, {settings.steps} steps "
           f"({settings.guidance}, scale {settings.scale:g}), seed {settings.seed}, batch {settings.batch_size}")

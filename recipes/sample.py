@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
 from infd_solve import cli
-from infd_solve.models import load_model
 from infd_solve.io import image_grid, refuse_overwriting_inputs, save_image
 from infd_solve.rendering import RENDER_MODES, check_size
 from infd_solve.sampling import ddim_timesteps
@@ -90,10 +89,7 @@ def run(args, size: tuple[int, int]) -> list[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {out_dir} exists and is not a directory")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(model_path, device=device).eval()
-    if model.unet is None:
-        raise ValueError(f"{model_path} is an autoencoder without a diffusion denoiser; it cannot sample")
+    model = cli.load_sampling_model(model_path, args.device)
     ddim_timesteps(args.steps, model.scheduler.config.num_train_timesteps)
 
     progress = not args.no_progress

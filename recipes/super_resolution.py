@@ -34,14 +34,12 @@ from PIL import Image
 
 # infd_solve.models first: importing infd_solve.rendering before the models package is circular.
 from infd_solve import cli
-from infd_solve.models import load_model
 from infd_solve.constraint import load_image
 from infd_solve.constraints import LowResObservation
 from infd_solve.constraints.lowres_observation import OPERATORS
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS
-from infd_solve.solver import Solver
 
 PROG = "super_resolution.py"
 MAX_SIZE = 32768
@@ -150,14 +148,10 @@ def run(args) -> dict:
     constraint = LowResObservation(y, FULL_CANVAS, noise_sigma=args.noise_sigma, operator=args.operator,
                                    factor=args.factor)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(model_path, device=device).eval()
-    if model.unet is None:
-        raise ValueError(f"{model_path} is an autoencoder without a diffusion denoiser; it cannot sample")
+    model = cli.load_sampling_model(model_path, args.device)
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
           f"noise sigma {args.noise_sigma:g}, {args.steps} steps, seed {args.seed}")
-    solver = Solver(model, steps=args.steps, eta=args.eta, guidance=args.guidance, scale=args.guidance_scale,
-                    refine_steps=args.refine_steps, progress=not args.no_progress)
+    solver = cli.solver_from_arguments(model, args)
     result = solver.solve([constraint], seed=args.seed)
     written = result.save(out, (size, size), tile=args.tile)
     print(written[0])

@@ -190,6 +190,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def write_train_log(out: Path, argv, **fields) -> dict:
+    """``OUT/train_log.json``: the exact command line plus ``fields``, written atomically and printed."""
+    command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
+    log = {"command": command, **fields}
+    with atomic_path(out / "train_log.json") as tmp:
+        tmp.write_text(json.dumps(log, indent=2) + "\n")
+    print(json.dumps(log, indent=2))
+    return log
+
+
 def plot_losses(history: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -315,14 +325,12 @@ def main(argv=None):
     model.eval()
     model.save(out / "infd")
     plot_losses(history, out / "losses.png", f"autoencoder ({perceptual_name})")
-    log = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-           "steps": step, "wall_seconds": round(wall, 1), "threads": args.threads, "perceptual": perceptual_name,
-           "final": {k: float(np.mean(v[-200:])) for k, v in history.items() if k != "step" and v},
-           "parameters": {n: sum(p.numel() for p in getattr(model, n).parameters())
-                          for n in ("encoder", "quantizer", "decoder", "renderer") if getattr(model, n) is not None}}
-    with atomic_path(out / "train_log.json") as tmp:
-        tmp.write_text(json.dumps(log, indent=2) + "\n")
-    print(json.dumps(log, indent=2))
+    write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
+                    perceptual=perceptual_name,
+                    final={k: float(np.mean(v[-200:])) for k, v in history.items() if k != "step" and v},
+                    parameters={n: sum(p.numel() for p in getattr(model, n).parameters())
+                                for n in ("encoder", "quantizer", "decoder", "renderer")
+                                if getattr(model, n) is not None})
     return model
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from infd_solve.io import atomic_path
 from infd_solve.models.official import unet_config_from_official
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_autoencoder import plot_losses  # noqa: E402
+from train_autoencoder import plot_losses, write_train_log  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -151,13 +150,9 @@ def main(argv=None):
     model.eval()
     model.save(out / "infd")
     plot_losses(history, out / "losses.png", "latent diffusion (epsilon MSE)")
-    log = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-           "steps": step, "wall_seconds": round(wall, 1), "threads": args.threads,
-           "final_mse": float(np.mean(history["mse"][-200:])), "latent_scale": config.latent_scale,
-           "denoiser_parameters": sum(p.numel() for p in unet.parameters())}
-    with atomic_path(out / "train_log.json") as tmp:
-        tmp.write_text(json.dumps(log, indent=2) + "\n")
-    print(json.dumps(log, indent=2))
+    write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
+                    final_mse=float(np.mean(history["mse"][-200:])), latent_scale=config.latent_scale,
+                    denoiser_parameters=sum(p.numel() for p in unet.parameters()))
     return model
 
 

@@ -1,23 +1,12 @@
 """The region-local decoding experiment of recipes/bench_guidance.py, on a small random model."""
 
-import importlib.util
-import sys
-
 import torch
 
-from .conftest import REPO
-
-
-def bench():
-    sys.path.insert(0, str(REPO / "recipes"))
-    spec = importlib.util.spec_from_file_location("bench_guidance", REPO / "recipes" / "bench_guidance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_recipe
 
 
 def test_region_local_decoding_is_exact_with_a_full_halo_and_the_same_statistics(local_model):
-    RegionLocalDecoding = bench().RegionLocalDecoding
+    RegionLocalDecoding = load_recipe("bench_guidance").RegionLocalDecoding
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     box, size = (0.3, 0.55, 0.7, 0.95), (20, 16)
     with torch.no_grad():

@@ -1,13 +1,11 @@
 """CLIP loading for guidance: offline, own preprocessing statistics, differentiable encoders, clear errors."""
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 import socket
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +21,8 @@ from infd_solve import CheckpointError  # noqa: E402
 from infd_solve.clip import OPENAI_MEAN, OPENAI_STD, load_clip  # noqa: E402
 from infd_solve.data import landscapes as L  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, load_recipe  # noqa: E402
+
 SHIPPED = REPO / "pretrained" / "default" / "clip"
 
 TINY_CFG = {
@@ -241,15 +240,8 @@ def test_directory_without_weights_or_config(tiny_dir, tmp_path):
 # ----------------------------------------------------------------------------- the training recipe
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("train_clip_recipe", REPO / "recipes" / "train_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recipe_writes_a_loadable_directory(tmp_path, capsys):
-    recipe = _recipe()
+    recipe = load_recipe("train_clip")
     out = tmp_path / "clip"
     common = ["--tiny", "--steps", "2", "--batch-size", "4", "--pool-size", "8", "--eval-crops", "4",
               "--threads", "1", "--out", str(out)]

@@ -1,6 +1,5 @@
 """recipes/sample.py and recipes/bench_render.py, called in-process on the tiny official fixture."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,33 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import load_recipe
 
-
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: one thread is as fast, and far steadier when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def sample_cli():
-    return _load_recipe("sample")
+    return load_recipe("sample")
 
 
 @pytest.fixture(scope="module")
 def bench_cli():
-    return _load_recipe("bench_render")
+    return load_recipe("bench_render")
 
 
 def _run(cli, model, out, *extra):

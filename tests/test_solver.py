@@ -12,14 +12,7 @@ from infd_solve import Constraint, Solver
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation
 from infd_solve.regions import as_geometry, rasterize
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Brightness(Constraint):

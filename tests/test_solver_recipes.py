@@ -1,6 +1,5 @@
 """recipes/layout_to_image.py, super_resolution.py and inpaint.py, run in-process on a tiny random model."""
 
-import importlib.util
 import json
 import math
 import re
@@ -11,38 +10,25 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import REPO, tiny_model
+from .conftest import REPO, load_recipe, make_gaussian_model, tiny_model
 from .test_layout import save_tiny_clip
 
-
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def layout_cli():
-    return _load_recipe("layout_to_image")
+    return load_recipe("layout_to_image")
 
 
 @pytest.fixture(scope="module")
 def sr_cli():
-    return _load_recipe("super_resolution")
+    return load_recipe("super_resolution")
 
 
 @pytest.fixture(scope="module")
 def inpaint_cli():
-    return _load_recipe("inpaint")
+    return load_recipe("inpaint")
 
 
 @pytest.fixture(scope="module")
@@ -393,12 +379,8 @@ def test_inpaint_bad_input_exits_2(inpaint_cli, model_dir, inputs, tmp_path, cap
 def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir, tmp_path, monkeypatch, capsys):
     """On a model with an exact N(0, I) latent prior (conftest), guidance raises the printed PSNR over the
     unguided sample of the same seed: the recipe's constraint measures what it claims to."""
-    try:
-        from .conftest import make_gaussian_model
-    except ImportError:
-        pytest.skip("tests/conftest.py has no make_gaussian_model")
-    cli = _load_recipe(recipe)
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: make_gaussian_model())
+    cli = load_recipe(recipe)
+    monkeypatch.setattr("infd_solve.models.load_model", lambda *a, **k: make_gaussian_model())
     yy, xx = np.mgrid[0:16, 0:16] / 15
     Image.fromarray((np.stack([0.8 * xx + 0.1, 0.5 + 0 * xx, 0.9 - 0.8 * yy], -1) * 255).astype(np.uint8)).save(
         tmp_path / "smooth.png")

@@ -1,8 +1,6 @@
 """One short run of each training recipe on tiny settings: it trains, resumes and writes a loadable model."""
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -10,17 +8,9 @@ from PIL import Image
 
 import infd_solve
 
-from .conftest import REPO
+from .conftest import load_recipe
 
 pytestmark = pytest.mark.slow
-
-
-def recipe(name):
-    sys.path.insert(0, str(REPO / "recipes"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY_AE = ["--input-size", "16", "--latent", "8", "--ch", "32", "--hidden", "32", "--n-embed", "16", "--patch", "8",
@@ -30,7 +20,7 @@ TINY_AE = ["--input-size", "16", "--latent", "8", "--ch", "32", "--hidden", "32"
 @pytest.fixture(scope="module")
 def autoencoder(tmp_path_factory):
     out = tmp_path_factory.mktemp("ae")
-    recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + TINY_AE)
+    load_recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + TINY_AE)
     return out
 
 
@@ -47,7 +37,7 @@ def test_autoencoder_recipe_writes_a_loadable_local_model(autoencoder):
 
 def test_autoencoder_recipe_resumes(autoencoder):
     before = torch.load(autoencoder / "state.pt", weights_only=False)
-    recipe("train_autoencoder").main(["--out", str(autoencoder), "--steps", "3", "--resume"] + TINY_AE)
+    load_recipe("train_autoencoder").main(["--out", str(autoencoder), "--steps", "3", "--resume"] + TINY_AE)
     after = torch.load(autoencoder / "state.pt", weights_only=False)
     assert before["step"] == 2 and after["step"] == 3 and len(after["history"]["l1"]) == 3
 
@@ -58,14 +48,14 @@ def test_autoencoder_recipe_on_a_folder_of_images(tmp_path):
     for i, size in enumerate([(40, 30), (64, 64), (90, 50)]):
         Image.new("RGB", size, (40 * i, 100, 200)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    recipe("train_autoencoder").main(["--out", str(out), "--images", str(folder), "--steps", "1"] + TINY_AE)
+    load_recipe("train_autoencoder").main(["--out", str(out), "--images", str(folder), "--steps", "1"] + TINY_AE)
     assert (out / "infd" / "model.safetensors").is_file()
 
 
 @pytest.fixture(scope="module")
 def diffusion(autoencoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("dm")
-    recipe("train_diffusion").main([
+    load_recipe("train_diffusion").main([
         "--autoencoder", str(autoencoder / "infd"), "--out", str(out), "--num-scenes", "8", "--steps", "2",
         "--batch-size", "4", "--model-channels", "32", "--channel-mult", "1", "2", "--attention", "2",
         "--head-channels", "16", "--threads", "1"])
@@ -85,7 +75,7 @@ def test_decoder_fine_tune_keeps_latents_and_denoiser(diffusion, tmp_path):
     """--freeze-encoder: encoder and denoiser come through bitwise, so the denoiser stays valid; --n-embed 0
     drops the quantizer (the decoder learns unquantized latents); --detail-weight adds DetailEnergyLoss."""
     out = tmp_path / "ft"
-    recipe("train_autoencoder").main(["--out", str(out), "--init", str(diffusion / "infd"), "--freeze-encoder",
+    load_recipe("train_autoencoder").main(["--out", str(out), "--init", str(diffusion / "infd"), "--freeze-encoder",
                                       "--n-embed", "0", "--detail-weight", "1", "--steps", "2", "--gan-start", "0"]
                                      + TINY_AE[:TINY_AE.index("--n-embed")] + TINY_AE[TINY_AE.index("--patch"):])
     before, after = infd_solve.load_model(diffusion / "infd"), infd_solve.load_model(out / "infd")
