@@ -52,6 +52,21 @@ def add_solver_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_solver_arguments(parser, args) -> None:
+    """Refuse bad values of the :func:`add_solver_arguments` flags with argparse's usage error (exit 2)."""
+    import math
+
+    for name, value in (("--steps", args.steps), ("--tile", args.tile)):
+        if value <= 0:
+            parser.error(f"{name} must be positive, got {value}")
+    for name, value in (("--seed", args.seed), ("--refine-steps", args.refine_steps)):
+        if value < 0:
+            parser.error(f"{name} must be >= 0, got {value}")
+    for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
+        if not math.isfinite(value) or value < 0:
+            parser.error(f"{name} must be a finite number >= 0, got {value}")
+
+
 def load_sampling_model(path, device: str | None = None):
     """The model at ``path`` in eval mode on ``device`` (default: cuda if available, else cpu); a clear error
     if it has no diffusion denoiser."""

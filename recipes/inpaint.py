@@ -23,7 +23,6 @@ code 2, Ctrl-C with 130.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -61,16 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser, args) -> None:
-    for name, value in (("--steps", args.steps), ("--tile", args.tile)):
-        if value <= 0:
-            parser.error(f"{name} must be positive, got {value}")
+    cli.check_solver_arguments(parser, args)
     if args.size is not None and not 0 < args.size <= MAX_SIZE:
         parser.error(f"--size must be in 1..{MAX_SIZE}, got {args.size}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
-        if not math.isfinite(value) or value < 0:
-            parser.error(f"{name} must be a finite number >= 0, got {value}")
     if args.invert_mask and args.mask is None:
         parser.error("--invert-mask only applies to --mask")
 

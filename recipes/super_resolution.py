@@ -66,15 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser, args) -> None:
-    for name, value in (("--steps", args.steps), ("--tile", args.tile), ("--factor", args.factor)):
-        if value <= 0:
-            parser.error(f"{name} must be positive, got {value}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    for name, value in (("--noise-sigma", args.noise_sigma), ("--eta", args.eta),
-                        ("--guidance-scale", args.guidance_scale)):
-        if not math.isfinite(value) or value < 0:
-            parser.error(f"{name} must be a finite number >= 0, got {value}")
+    cli.check_solver_arguments(parser, args)
+    if args.factor <= 0:
+        parser.error(f"--factor must be positive, got {args.factor}")
+    if not math.isfinite(args.noise_sigma) or args.noise_sigma < 0:
+        parser.error(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale >= 1):
         parser.error(f"--scale must be a finite factor >= 1, got {args.scale}")
 
