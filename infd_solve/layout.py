@@ -333,7 +333,7 @@ def _build(item: dict, canvas, clip, name: str):
     if kind == "clip":
         return C.ClipBox(item["prompt"], region, clip=clip, negative_prompts=item.get("negative", ()),
                          **({"negative_weight": item["negative_weight"]} if "negative_weight" in item else {}),
-                         **common)
+                         canvas=canvas, **common)
     if kind == "color":
         return C.ColorMatch(item["color"], region, size=_color_grid(item["box"], canvas), **common)
     if kind == "observation":

@@ -92,7 +92,11 @@ class Result:
         else:
             ax.set_xlabel("sampling step")
         ax.set_ylabel("constraint loss (batch mean)")
-        ax.set_yscale("log")
+        means = [float(v.mean()) for values in self.history["loss"].values() for v in values if v is not None]
+        if means and min(means) <= 0:  # a log axis would drop exact fits: linear near zero
+            ax.set_yscale("symlog", linthresh=min([v for v in means if v > 0], default=1e-6))
+        else:
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
@@ -160,6 +164,13 @@ class Solver:
         names = [c.name for c in constraints]
         if len(set(names)) != len(names):
             raise ValueError(f"constraint names must be unique (history is keyed by them), got {names}")
+        ts = self.timesteps
+        for c in constraints:
+            if not any(c.is_active(t) for t in ts):
+                shown = ", ".join(map(str, ts if len(ts) <= 3 else [*ts[:2], "...", ts[-1]]))
+                raise ValueError(f"constraint {c.name!r} is active for t in {list(c.active)}, but none of the "
+                                 f"{len(ts)} sampling timesteps ({shown}) falls in it, so it would never guide; "
+                                 "widen its window or take more steps")
         model = self.model
         if generator is None and seed is not None:
             generator = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]

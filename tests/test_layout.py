@@ -117,7 +117,8 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1
-    assert cs[0].negative_weight == 0.25 and cs[0].size == (clip.size, clip.size)
+    assert cs[0].negative_weight == 0.25 and cs[0].views == 4  # a 128 x 38.4 pixel box: 3.33:1
+    assert cs[0].size == (clip.size, round(clip.size * 128 / 38.4))
     assert cs[1].box == pytest.approx((0.1, 0.5, 0.9, 1.0))  # the polygon's part inside the canvas
     assert cs[1].mask.sum() > 0 and cs[1].mask.min() == 0  # rasterized polygon, not the whole box
     assert cs[2].box == (0.5, 0.5, 1.0, 1.0) and cs[2].mask[0, 0, :, :16].min() == 1 and cs[2].mask[..., 16:].max() == 0
@@ -149,7 +150,11 @@ def test_duplicate_default_names_become_unique_and_solve(tmp_path):
 def test_clip_items_load_the_named_clip(tmp_path):
     clip_dir = save_tiny_clip(tmp_path / "clip")
     _, (c,) = parse_layout({"items": [{"type": "clip", "prompt": "a lake", "box": [0, 0.5, 1, 1]}]}, clip=clip_dir)
-    assert isinstance(c, ClipBox) and c.prompt == "a lake" and c.size == (32, 32)
+    assert isinstance(c, ClipBox) and c.prompt == "a lake" and (c.size, c.views) == ((32, 64), 2)  # 2:1 box
+    # the same box on a canvas twice as tall is square: the layout's canvas gives boxes their true shape
+    _, (c,) = parse_layout({"canvas": [1024, 512], "items": [{"type": "clip", "prompt": "a lake",
+                                                              "box": [0, 0.5, 1, 1]}]}, clip=clip_dir)
+    assert (c.size, c.views) == ((32, 32), 1)
 
 
 def test_layout_without_clip_items_never_loads_a_clip(monkeypatch):

@@ -90,6 +90,25 @@ def test_history_active_window_and_timing(local_model):
     assert ts == list(range(900, -1, -100))
     assert all((v is None) == (t > 300) for v, t in zip(result.history["loss"]["late"], ts))
     assert len(result.history["step_seconds"]) == 10 and min(result.history["step_seconds"]) > 0
+    # a window between the visited timesteps (900, 800, ..., 0) would silently never guide: refused up front
+    with pytest.raises(ValueError, match=r"'gap' is active for t in \[310, 390\].*none of the 10 sampling timesteps"):
+        Solver(local_model, steps=10, progress=False).solve([Brightness(0.5, (0, 0, 1, 1), active=(310, 390),
+                                                                         name="gap")])
+
+
+def test_loss_plot_keeps_exact_fits(local_model, tmp_path, monkeypatch):
+    """A loss of exactly 0 (an exact fit) would vanish from a log axis; the plot switches to symlog."""
+    import infd_solve.solver
+
+    result = Solver(local_model, steps=3, scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))], seed=0)
+    scales = []
+    save = infd_solve.solver.save_figure
+    monkeypatch.setattr(infd_solve.solver, "save_figure",
+                        lambda fig, path, **kw: scales.append(fig.axes[0].get_yscale()) or save(fig, path, **kw))
+    result.plot_losses(tmp_path / "positive.png")
+    result.history["loss"]["Brightness"][-1] = torch.zeros(1)
+    result.plot_losses(tmp_path / "exact.png")
+    assert scales == ["log", "symlog"]
 
 
 def test_nan_loss_is_skipped_and_reported(local_model):
@@ -134,6 +153,41 @@ def test_clip_box_with_real_open_clip_model(gaussian_model, tiny_clip):
     guided = Solver(gaussian_model, steps=10, scale=20.0, progress=False).solve([clip_box], batch_size=2, seed=3)
     plain = Solver(gaussian_model, steps=10, scale=0.0, progress=False).solve([clip_box], batch_size=2, seed=3)
     sim = lambda r: clip_box.similarity(r.render((32, 32), clip_box.box))
+    assert (sim(guided) > sim(plain)).all()
+
+
+@pytest.mark.parametrize("box,canvas,size,views", [
+    ((0.0, 0.0, 1.0, 0.25), (1, 1), (32, 128), 4),      # 4:1, wide: four squares side by side
+    ((0.0, 0.0, 0.2, 0.5), (1, 1), (80, 32), 3),        # 1:2.5, tall: three overlapping squares
+    ((0.0, 0.0, 0.5, 1.0), (1024, 2048), (32, 32), 1),  # square on a 1:2 canvas
+    ((0.0, 0.0, 1.0, 0.1), (1, 1), (32, 128), 4),      # 10:1: capped at max_views, squashed by 2.5
+])
+def test_clip_box_sees_elongated_boxes_as_unsquashed_square_views(tiny_clip, box, canvas, size, views):
+    c = ClipBox("a lake", box, clip=tiny_clip, canvas=canvas)
+    assert (c.size, c.views) == (size, views)
+    patch = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    long_side, s = max(size), 32
+    starts = [round(k * (long_side - s) / max(views - 1, 1)) for k in range(views)]
+    cut = (lambda a: patch[..., a:a + s]) if size[1] >= size[0] else (lambda a: patch[..., a:a + s, :])
+    assert starts[-1] + s == long_side  # the views cover the whole box
+    direct = torch.stack([1 - (tiny_clip.encode_image(cut(a)) @ c.text.T)[:, 0] for a in starts]).mean(0)
+    torch.testing.assert_close(c.loss(patch), direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c.similarity(patch), 1 - direct, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_box_rejects_bad_canvas_and_view_limit(tiny_clip):
+    with pytest.raises(ValueError, match="canvas"):
+        ClipBox("clouds", clip=tiny_clip, canvas=(0, 1))
+    with pytest.raises(ValueError, match="max_views"):
+        ClipBox("clouds", clip=tiny_clip, max_views=0)
+
+
+def test_guidance_on_a_wide_clip_box_raises_its_score(gaussian_model, tiny_clip):
+    c = ClipBox("snowy mountains", (0.0, 0.25, 1.0, 0.75), clip=tiny_clip)
+    assert c.views == 2
+    guided = Solver(gaussian_model, steps=10, scale=20.0, progress=False).solve([c], batch_size=2, seed=3)
+    plain = Solver(gaussian_model, steps=10, scale=0.0, progress=False).solve([c], batch_size=2, seed=3)
+    sim = lambda r: c.similarity(r.render(c.size, c.box))
     assert (sim(guided) > sim(plain)).all()
 
 
@@ -216,6 +270,19 @@ def test_any_box_is_accepted_or_refused_clearly(a, b, c, d):
     else:
         with pytest.raises(ValueError, match="inverted or has zero area"):
             ColorMatch("#000000", box)
+
+
+@settings(max_examples=60, deadline=None)
+@given(coords, coords, coords, coords, st.integers(1, 4096), st.integers(1, 4096), st.integers(1, 6))
+def test_clip_box_views_cover_any_box_with_bounded_squash(tiny_clip, a, b, c, d, canvas_h, canvas_w, max_views):
+    if not (c > a and d > b):
+        return
+    clip_box = ClipBox("clouds", (a, b, c, d), clip=tiny_clip, canvas=(canvas_h, canvas_w), max_views=max_views)
+    (h, w), n, s = clip_box.size, clip_box.views, tiny_clip.size
+    assert min(h, w) == s and 1 <= n <= max_views and n * s >= max(h, w)  # n squares cover the grid
+    true_aspect = max((d - b) * canvas_h, (c - a) * canvas_w) / min((d - b) * canvas_h, (c - a) * canvas_w)
+    squash = true_aspect / (max(h, w) / s)
+    assert squash < 1.1 + 0.02 or (n == max_views and squash == pytest.approx(true_aspect / n, rel=0.02))
 
 
 @settings(max_examples=30, deadline=None)
