@@ -9,7 +9,9 @@
   downsampled); the operator with the best ground-truth PSNR is the one to use by default;
 - inpainting: a 256^2 view with its centre square unknown; PSNR of the known region (target >= 28 dB);
 - CLIP boxes: for random boxes whose ground-truth content is one label, the CLIP score of the final box
-  render with guidance vs without (same seeds); target: guidance higher for >= 90 % of boxes.
+  render with guidance vs without (same seeds); target: guidance higher for >= 90 % of boxes;
+- CLIP views: the example layout's elongated boxes guided through square views (ClipBox's default) vs
+  squashed into one square (``max_views=1``), 3 seeds; each result scored both ways (mean CLIP similarity).
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox, LowResObservation, MaskedObservation
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
 from infd_solve.io import save_figure
+from infd_solve.layout import parse_layout
 from infd_solve.metrics import psnr
+
+
+TASKS = ["sr", "inpainting", "clip", "clip-views"]
+VIEWS_LAYOUT = Path(__file__).parent / "examples" / "landscape_2048.json"
 
 
 def scene_image(seed, size, box=(0, 0, 1, 1)):
@@ -49,7 +56,7 @@ def main(argv=None):
     p.add_argument("--clip-scale", type=float, default=0.3)
     p.add_argument("--refine-steps", type=int, default=100,
                    help="data-consistency steps after sampling, for SR and inpainting (0: none)")
-    p.add_argument("--tasks", nargs="+", choices=["sr", "inpainting", "clip"], default=["sr", "inpainting", "clip"])
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
     p.add_argument("--guidance", choices=["dps", "x0"], default="dps")
     p.add_argument("--out", type=Path, default=Path("outputs/eval_solver"))
     p.add_argument("--threads", type=int, default=None)
@@ -131,18 +138,33 @@ def main(argv=None):
             bar.update()
         bar.close()
         table[f"CLIP box score guided > unguided ({total} boxes, %)"] = 100 * wins / max(total, 1)
+    if "clip-views" in args.tasks:
+        settings, viewed = parse_layout(VIEWS_LAYOUT, clip=clip)
+        squashed = [ClipBox(c.prompt, c.box, clip=clip, negative_prompts=item.get("negative", ()), max_views=1,
+                            weight=c.weight, active=c.active, name=c.name) for c, item in zip(viewed, settings.items)]
+        kwargs = settings.solver_kwargs() | {"steps": args.steps}
+        for guided_by, constraints in (("square views", viewed), ("squashed", squashed)):
+            scores = {"square views": [], "squashed": []}
+            for seed in tqdm(range(3), desc=f"CLIP guided by {guided_by}"):
+                result = infd_solve.Solver(model, progress=False, **kwargs).solve(constraints, seed=seed)
+                with torch.no_grad():
+                    for scored_by, cs in (("square views", viewed), ("squashed", squashed)):
+                        scores[scored_by] += [c.similarity(result.render(c.size, c.box)).item() for c in cs]
+            for scored_by, values in scores.items():
+                table[f"example layout guided by {guided_by}: CLIP similarity seen as {scored_by}"] = float(np.mean(values))
     table["wall time (s)"] = round(time.time() - start, 1)
 
     cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance,
                      sr_scale=args.sr_scale, inpaint_scale=args.inpaint_scale, clip_scale=args.clip_scale,
                      refine_steps=args.refine_steps)
+    written = [args.out.with_suffix(".json")]
     if figure_rows:
-        draw(figure_rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+        written.append(draw(figure_rows, args.out.with_suffix(".png")))
+    print("wrote " + " and ".join(map(str, written)))
     return table
 
 
-def draw(rows, path: Path) -> None:
+def draw(rows, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +178,7 @@ def draw(rows, path: Path) -> None:
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
     fig.tight_layout()
-    save_figure(fig, path, dpi=70)
+    return save_figure(fig, path, dpi=70)
 
 
 if __name__ == "__main__":
