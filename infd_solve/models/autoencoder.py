@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from diffusers.models.autoencoders.vae import Decoder, Encoder, VectorQuantizer
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 
@@ -27,24 +28,37 @@ class ConvStackConfig:
     in_channels: int = 3
 
     def __post_init__(self):
+        if not self.ch_mult or any(int(m) != m or m < 1 for m in self.ch_mult):
+            raise ValueError(f"ch_mult must be a non-empty list of positive integers (got {list(self.ch_mult)})")
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
-        if self.ch_mult[0] != 1:
-            # diffusers' Encoder gives conv_in ch*ch_mult[0] channels, the official one ch.
-            raise ValueError(f"ch_mult must start with 1 (got {list(self.ch_mult)})")
         if self.ch % 32:
             raise ValueError(f"ch must be a multiple of 32 for GroupNorm(32) (got {self.ch})")
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
+        """Output channels of each level; the decoder's field has ``block_out_channels[0]``.
+
+        The encoder's ``conv_in`` always outputs ``ch`` (the official ``in_ch_mult`` starts with 1), so when
+        ``ch_mult[0] != 1`` its first level widens ``ch -> ch * ch_mult[0]`` in its first resnet.
+        """
         return tuple(self.ch * m for m in self.ch_mult)
 
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
-    def has_attention(self, level: int) -> bool:
-        return self.resolution // 2**level in self.attn_resolutions
+    def has_attention(self, level: int, decoder: bool = False) -> bool:
+        """Whether ``level`` (0 = finest) has attention after each resnet.
+
+        The official encoder halves ``resolution`` going down; its decoder starts from
+        ``resolution // 2**(L-1)`` and doubles going up, which differs when ``resolution`` is not divisible.
+        """
+        if decoder:
+            size = self.resolution // self.downsampling * 2 ** (len(self.ch_mult) - 1 - level)
+        else:
+            size = self.resolution // 2**level
+        return size in self.attn_resolutions
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -67,6 +81,15 @@ class FieldEncoder(nn.Module):
             layers_per_block=config.num_res_blocks,
             double_z=False,
         )
+        if config.ch_mult[0] != 1:
+            # diffusers starts the first level at its output width (conv_in -> ch * ch_mult[0]); the official
+            # encoder starts it at ch and widens in the level's first resnet (with a 1x1 shortcut conv).
+            first = self.net.down_blocks[0].resnets[0]
+            self.net.conv_in = nn.Conv2d(config.in_channels, config.ch, kernel_size=3, padding=1)
+            self.net.down_blocks[0].resnets[0] = ResnetBlock2D(
+                in_channels=config.ch, out_channels=first.out_channels, temb_channels=None,
+                eps=first.norm1.eps, groups=first.norm1.num_groups, dropout=first.dropout.p,
+            )
         self.quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,12 +108,15 @@ class FieldDecoder(nn.Module):
             in_channels=config.z_channels,
             out_channels=3,
             up_block_types=tuple(
-                "AttnUpDecoderBlock2D" if config.has_attention(l) else "UpDecoderBlock2D" for l in levels
+                "AttnUpDecoderBlock2D" if config.has_attention(l, decoder=True) else "UpDecoderBlock2D"
+                for l in levels
             ),
             block_out_channels=config.block_out_channels,
             layers_per_block=config.num_res_blocks,
         )
-        # The field is the residual stream before the RGB tail, so the tail is not part of the model.
+        # The up blocks already follow the official ladder for any ch_mult (conv_in -> ch * ch_mult[-1], level l
+        # ends at ch * ch_mult[l]). The field is the residual stream before the RGB tail, so the tail is not
+        # part of the model.
         del self.net.conv_norm_out, self.net.conv_act, self.net.conv_out
 
     @property

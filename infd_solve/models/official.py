@@ -3,7 +3,8 @@
 A checkpoint is a ``torch.save`` dict ``{"cfg", "model": {"name": "infd", "args", "sd"}, "optimizers", ...}``.
 We read it with ``weights_only=True`` (a file that carries code is refused, nothing is executed), translate
 ``model.args`` into an :class:`INFDConfig`, and rename the state dict onto our diffusers-based modules.
-The renaming is the only place that knows the official layer indices.
+The renaming is the only place that knows the official layer indices. The official format (keys, layer order,
+numerics) is described in ``tests/fixtures/FORMAT.md``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def _conv_stack(args: dict, what: str, path) -> ConvStackConfig:
     if args.get("out_ch", 3) != 3 or args.get("in_channels", 3) != 3:
         raise CheckpointError(f"{path}: {what} with in/out channels other than 3 is not supported")
     keys = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution")
-    return ConvStackConfig(**{k: args[k] for k in keys if k in args})
+    try:
+        return ConvStackConfig(**{k: args[k] for k in keys if k in args})
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {what} args cannot be built: {e}") from None
 
 
 def unet_config_from_official(args: dict) -> dict:
@@ -141,18 +145,25 @@ def config_from_official(model: dict, path="checkpoint") -> INFDConfig:
         normalize=net.get("normalize", True),
     )
     z_dp = args.get("z_dp") or {}
-    return INFDConfig(
-        z_shape=tuple(args["z_shape"]),
-        encoder=_conv_stack(_spec(args["encoder"], "encoder", "encoder_vqf4", path), "encoder", path),
-        decoder=_conv_stack(_spec(args["decoder"], "decoder", "decoder_vqf4", path), "decoder", path),
-        n_embed=args.get("n_embed") if args.get("quantizer", False) else None,
-        renderer=renderer,
-        unet=unet_config_from_official(_spec(args["z_dm"], "denoiser", "openai_unet", path))
-        if args.get("z_dm") is not None else None,
-        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear",
-                   "beta_start": z_dp.get("linear_beta_start", 1e-4), "beta_end": z_dp.get("linear_beta_end", 0.02)},
-        ddim_eta=args.get("z_ddim_eta", 1.0),
-    )
+    encoder = _conv_stack(_spec(args["encoder"], "encoder", "encoder_vqf4", path), "encoder", path)
+    decoder = _conv_stack(_spec(args["decoder"], "decoder", "decoder_vqf4", path), "decoder", path)
+    unet = unet_config_from_official(_spec(args["z_dm"], "denoiser", "openai_unet", path)) \
+        if args.get("z_dm") is not None else None
+    try:
+        return INFDConfig(
+            z_shape=tuple(args["z_shape"]),
+            encoder=encoder,
+            decoder=decoder,
+            n_embed=args.get("n_embed") if args.get("quantizer", False) else None,
+            renderer=renderer,
+            unet=unet,
+            scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear",
+                       "beta_start": z_dp.get("linear_beta_start", 1e-4),
+                       "beta_end": z_dp.get("linear_beta_end", 0.02)},
+            ddim_eta=args.get("z_ddim_eta", 1.0),
+        )
+    except ValueError as e:  # parts that do not fit together, e.g. z_dec_channels vs the decoder's field
+        raise CheckpointError(f"{path}: inconsistent model args: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------ renaming
@@ -181,7 +192,7 @@ def _key_table(config: INFDConfig, unet_prefix: str) -> list[tuple[str, str, str
         src, dst = f"decoder.1.up.{level}.", f"decoder.net.up_blocks.{len(dec.ch_mult) - 1 - level}."
         for i in range(dec.num_res_blocks + 1):
             rows.append((f"{src}block.{i}.", f"{dst}resnets.{i}.", "vq_resnet"))
-            if dec.has_attention(level):
+            if dec.has_attention(level, decoder=True):
                 rows.append((f"{src}attn.{i}.", f"{dst}attentions.{i}.", "vq_attn"))
         if level > 0:
             rows.append((f"{src}upsample.conv.", f"{dst}upsamplers.0.conv.", "plain"))
