@@ -342,11 +342,11 @@ def stack(ch_mult, **kw):
 
 CASES = {
     # first level widens 32 -> 64; denoiser also starts at 2 * model_channels
-    "2-1": (stack([2, 1]), stack([2, 1]), {"channel_mult": [1, 2], "num_res_blocks": 1}),
+    "2-1": (stack([2, 1]), stack([2, 1]), {"channel_mult": [2, 1], "num_res_blocks": 1}),
     # two resnets per level, attention on both levels of both stacks; denoiser 32 -> 96 with attention at ds 1, 2
     "2-4": (stack([2, 4], num_res_blocks=2, resolution=16, attn_resolutions=[16, 8]),
             stack([2, 4], num_res_blocks=2, resolution=16, attn_resolutions=[16, 8]),
-            {"channel_mult": [1, 2], "num_res_blocks": 2, "attention_resolutions": [1, 2]}),
+            {"channel_mult": [3, 2], "num_res_blocks": 2, "attention_resolutions": [1, 2]}),
     # ch_mult[0] == 1; resolution 18 is not divisible by 4, so the encoder's size ladder is 18, 9, 4 and the
     # decoder's 4, 8, 16: attention on encoder level 1 (9) but decoder level 0 (16)
     "1-2-4": (stack([1, 2, 4], attn_resolutions=[9, 16], resolution=18),
@@ -441,6 +441,19 @@ def test_first_level_widening_is_in_the_first_resnet():
     plain = FieldEncoder(ConvStackConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)).state_dict()
     assert plain["net.conv_in.weight"].shape == (32, 3, 3, 3)
     assert not any(k.startswith("net.down_blocks.0.resnets.0.conv_shortcut") for k in plain)
+
+
+def test_denoiser_time_embedding_keeps_official_width():
+    config = config_from_official({"name": "infd", "args": {
+        "encoder": {"name": "encoder_vqf4", "args": stack([1, 2])}, "decoder": {"name": "decoder_vqf4", "args": stack([1, 2])},
+        "z_shape": [3, 8, 8], "renderer": {"name": "renderer_concat_wrapper", "args": {
+            "z_dec_channels": 32, "net": {"name": "simple_renderer_net", "args": {"hidden_channels": 32}}}},
+        "z_dm": {"name": "openai_unet", "args": {"model_channels": 32, "channel_mult": [2, 1]}}}})
+    with torch.device("meta"):
+        unet_model = infd_solve.INFDModel(config).unet
+    assert unet_model.conv_in.out_channels == 64
+    assert unet_model.time_embedding.linear_1.weight.shape == (128, 64)  # 64 sinusoids, 32 of them used
+    assert unet_model.time_embedding.linear_2.weight.shape == (128, 128)  # official 4 * model_channels
 
 
 def _args(enc, dec, z_dec_channels):

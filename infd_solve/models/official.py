@@ -96,9 +96,17 @@ def unet_config_from_official(args: dict) -> dict:
     if a["num_head_channels"] in (-1, None):
         raise CheckpointError("denoiser with num_heads instead of num_head_channels is not supported")
     mc, mult = a["model_channels"], list(a["channel_mult"])
-    if mult[0] != 1:
-        raise CheckpointError(f"denoiser channel_mult must start with 1, got {mult}")
+    if not mult or any(int(m) != m or m < 1 for m in mult):
+        raise CheckpointError(f"denoiser channel_mult must be positive integers, got {mult}")
+    mult = [int(m) for m in mult]
     attn = [2**level in a["attention_resolutions"] for level in range(len(mult))]
+    width = mc * mult[0]  # conv_in output; diffusers also sizes its sinusoidal timestep embedding by it
+    extra = {}
+    if width != mc:
+        # The official embedding has mc sinusoids and 4*mc hidden units whatever channel_mult[0] is. diffusers
+        # uses `width` sinusoids; shifting the frequency denominator makes its first mc//2 frequencies the
+        # official ones, and the conversion gives the remaining sinusoids zero weights (_time_embed_in).
+        extra = {"time_embedding_dim": 4 * mc}
     return {
         "sample_size": a["image_size"],
         "in_channels": a["in_channels"],
@@ -111,11 +119,11 @@ def unet_config_from_official(args: dict) -> dict:
         "norm_num_groups": 32,
         "norm_eps": 1e-5,
         "flip_sin_to_cos": True,  # official embedding is [cos, sin]
-        "freq_shift": 0,
+        "freq_shift": width // 2 - mc // 2,
         "downsample_padding": 1,
         "dropout": a["dropout"],
         "resnet_time_scale_shift": "scale_shift" if a["use_scale_shift_norm"] else "default",
-    }
+    } | extra
 
 
 def config_from_official(model: dict, path="checkpoint") -> INFDConfig:
@@ -210,7 +218,7 @@ def _unet_table(unet: dict, prefix: str) -> list[tuple[str, str, str]]:
     levels = len(unet["block_out_channels"])
     per_level = unet["layers_per_block"]
     attn = [t.startswith("Attn") for t in unet["down_block_types"]]
-    rows = [(prefix + "time_embed.0.", "unet.time_embedding.linear_1.", "plain"),
+    rows = [(prefix + "time_embed.0.", "unet.time_embedding.linear_1.", "unet_time_in"),
             (prefix + "time_embed.2.", "unet.time_embedding.linear_2.", "plain"),
             (prefix + "input_blocks.0.0.", "unet.conv_in.", "plain"),
             (prefix + "middle_block.0.", "unet.mid_block.resnets.0.", "unet_resnet"),
@@ -252,9 +260,30 @@ _SUFFIXES = {
 }
 
 
-def _convert(kind: str, suffix: str, value: torch.Tensor, head_dim: int | None) -> dict[str, torch.Tensor] | None:
+def _time_embed_in(weight: torch.Tensor, unet: dict) -> torch.Tensor:
+    """Official first time-embedding Linear weight ``[4mc, mc]`` -> ours ``[4mc, width]``.
+
+    Official input: ``[cos(a_0..a_{mc//2-1}), sin(...)]`` (plus a zero column if mc is odd). Ours has ``width``
+    sinusoids, ``[cos (width//2), sin (width//2)]``, whose first mc//2 frequencies are the official ones (see
+    ``freq_shift`` in :func:`unet_config_from_official`); the others get zero weights.
+    """
+    width = unet["block_out_channels"][0]
+    mc = unet.get("time_embedding_dim", 4 * width) // 4
+    if width == mc or weight.dim() != 2 or weight.shape[1] != mc:
+        return weight  # nothing to spread (or a wrong shape, which the loader then reports)
+    half = mc // 2
+    out = weight.new_zeros(weight.shape[0], width)
+    out[:, :half] = weight[:, :half]
+    out[:, width // 2:width // 2 + half] = weight[:, half:2 * half]
+    return out
+
+
+def _convert(kind: str, suffix: str, value: torch.Tensor, unet: dict) -> dict[str, torch.Tensor] | None:
     """Our ``{suffix: tensor}`` for one official tensor, or None if the suffix is unknown."""
+    if kind == "unet_time_in":
+        return {suffix: _time_embed_in(value, unet) if suffix == "weight" else value}
     if kind == "unet_attn" and suffix.startswith("qkv."):
+        head_dim = unet["attention_head_dim"]
         # Legacy head split: the 3C channels are `heads` groups of [q (d), k (d), v (d)].
         channels = value.shape[0] // 3
         grouped = value.reshape(channels // head_dim, 3, head_dim, *value.shape[1:])
@@ -281,14 +310,13 @@ def convert_state_dict(sd: dict, config: INFDConfig, ema: bool = True) -> tuple[
     use = "z_dm_ema." if ema else "z_dm."
     other = "z_dm." if ema else "z_dm_ema."
     table = sorted(_key_table(config, use), key=lambda row: -len(row[0]))
-    head_dim = (config.unet or {}).get("attention_head_dim")
     out, skipped, unexpected = {}, [], []
     for key, value in sd.items():
         if key.startswith(TRAINING_ONLY_PREFIXES) or key.startswith(other):
             skipped.append(key)
             continue
         row = next((r for r in table if key.startswith(r[0])), None)
-        converted = _convert(row[2], key[len(row[0]):], value, head_dim) if row else None
+        converted = _convert(row[2], key[len(row[0]):], value, config.unet or {}) if row else None
         if converted is None:
             unexpected.append(key)
             continue
