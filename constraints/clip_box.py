@@ -31,6 +31,8 @@ class ClipBox(Constraint):
     CLIP passes per step); boxes longer than that are squashed by the remainder.
     """
 
+    default_weight = 0.3
+
     def __init__(self, prompt: str, region=(0.0, 0.0, 1.0, 1.0), clip=None, negative_prompts: Sequence[str] = (),
                  negative_weight: float = 0.5, canvas: Sequence[float] = (1, 1), max_views: int = 4, **kwargs):
         if not isinstance(prompt, str) or not prompt.strip():
@@ -74,11 +76,18 @@ class ClipBox(Constraint):
 
     def similarity(self, patch: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each rendered patch to the prompt (mean over its views)."""
-        return (self.encode_views(patch) @ self.text.T.to(patch.device))[..., 0].mean(1)
+        return (self.encode_views(patch) @ self.text.T)[..., 0].mean(1)
+
+    def score(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``loss`` and ``similarity`` (cosine to the prompt, mean over the views)."""
+        scores = super().score(patch)
+        with torch.no_grad():
+            scores["similarity"] = self.similarity(patch)
+        return scores
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
         features = self.encode_views(patch)
-        loss = 1 - (features @ self.text.T.to(features.device))[..., 0]
+        loss = 1 - (features @ self.text.T)[..., 0]
         if self.negatives is not None:
-            loss = loss + self.negative_weight * (features @ self.negatives.T.to(features.device)).mean(-1).clamp_min(0)
+            loss = loss + self.negative_weight * (features @ self.negatives.T).mean(-1).clamp_min(0)
         return loss.mean(1)

@@ -31,6 +31,8 @@ def parse_color(color) -> torch.Tensor:
 class ColorMatch(Constraint):
     """Squared distance between the region's mean colour and ``color``; region: box or polygon."""
 
+    default_weight = 3.0
+
     def __init__(self, color, region=(0.0, 0.0, 1.0, 1.0), size=(32, 32), **kwargs):
         target = parse_color(color)
         box, geometry = region_box_and_mask(region, name="ColorMatch region")
@@ -39,6 +41,5 @@ class ColorMatch(Constraint):
         self.mask = rasterize(geometry, self.box, self.size) if geometry is not None else torch.ones(1, 1, *self.size)
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
-        mask = self.mask.to(patch)
-        mean = (patch * mask).sum((2, 3)) / mask.sum()
-        return (mean - self.target.to(patch)).square().sum(1)
+        mean = (patch * self.mask).sum((2, 3)) / self.mask.sum()
+        return (mean - self.target).square().sum(1)

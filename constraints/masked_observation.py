@@ -7,34 +7,62 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..constraint import Constraint, check_aspect, load_image, load_mask
+from ..constraint import Constraint, check_aspect, load_image, load_mask, working_grid
 from ..regions import as_geometry, rasterize
 
 
 class MaskedObservation(Constraint):
-    """The ``box`` of the canvas, rendered at the image's own size, should equal ``image`` where observed.
+    """The ``box`` of the canvas should equal ``image`` where observed.
 
     ``mask``: 1 where a pixel is observed; a tensor / PIL image / path on the image's grid, or a polygon in
-    canvas fractions (rasterized on that grid with soft edges), or ``None`` (every pixel observed). The loss
-    is the squared residual norm over observed pixels.
+    canvas fractions (rasterized on that grid with soft edges), or ``None`` (every pixel observed).
+
+    Guidance renders the box on a grid of at most ``max_side`` pixels per side (the image's own grid when it
+    is smaller), with the image and mask resampled onto it, so a step costs the same for a 512 or a 4096
+    photo; the loss is the mean squared error per observed value, so its size (and the guidance it gives)
+    does not grow with the number of pixels either. :meth:`score` measures the result on the image's own grid.
     """
 
-    def __init__(self, image, mask=None, box=(0.0, 0.0, 1.0, 1.0), **kwargs):
+    default_weight = 5.0  # with Solver(scale=1): strong, yet stable from 64 to 4096 pixels
+    refine = True
+
+    def __init__(self, image, mask=None, box=(0.0, 0.0, 1.0, 1.0), max_side: int = 256, **kwargs):
         y = load_image(image, "MaskedObservation image")
-        super().__init__(box=box, size=tuple(y.shape[-2:]), **{"name": "observation"} | kwargs)
+        full = tuple(y.shape[-2:])
+        super().__init__(box=box, size=working_grid(full, max_side), **{"name": "observation"} | kwargs)
         check_aspect(y, self.box, "MaskedObservation image")
         if mask is None:
-            m = torch.ones(1, 1, *self.size)
+            m = torch.ones(1, 1, *full)
         elif isinstance(mask, (torch.Tensor, str, Path, Image.Image)):
             m = load_mask(mask, "MaskedObservation mask")
-            if tuple(m.shape[-2:]) != self.size:
-                raise ValueError(f"mask is {tuple(m.shape[-2:])} but the image is {self.size}")
+            if tuple(m.shape[-2:]) != full:
+                raise ValueError(f"mask is {tuple(m.shape[-2:])} but the image is {full}")
         else:
-            m = rasterize(as_geometry(mask, "MaskedObservation polygon"), self.box, self.size)
+            m = rasterize(as_geometry(mask, "MaskedObservation polygon"), self.box, full)
         if m.sum() == 0:
             raise ValueError("MaskedObservation mask observes no pixel")
-        self.observed, self.mask = y, m
+        self.image, self.image_mask, self.score_size = y, m, full
+        # On a coarser grid a pixel is observed in proportion to its known area, and shows the mean of the
+        # known values under it (unknown values must not leak in).
+        coverage = resample(m, self.size)
+        self.observed = resample(y * m, self.size) / coverage.clamp_min(1e-6)
+        self.mask = coverage
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
-        residual = (patch - self.observed.to(patch)) * self.mask.to(patch)
-        return residual.square().flatten(1).sum(1)
+        residual = (patch - self.observed) * self.mask
+        return residual.square().flatten(1).sum(1) / (3 * self.mask.sum())
+
+    def score(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """On a patch rendered at ``score_size`` (the image's grid): ``psnr`` (dB) of the clamped patch on the
+        observed pixels (mask >= 0.5), and ``loss`` (mean squared error over them)."""
+        known = (self.image_mask >= 0.5).expand_as(patch)
+        with torch.no_grad():
+            error = ((patch.clamp(-1, 1) - self.image) ** 2 * known).flatten(1).sum(1) / known[0].sum()
+        return {"loss": error, "psnr": 10 * torch.log10(4.0 / error.double())}
+
+
+def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` on a grid of ``size`` covering the same box (antialiased, pixel centres kept in place)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)

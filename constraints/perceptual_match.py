@@ -21,4 +21,4 @@ class PerceptualMatch(Constraint):
         self.metric = metric if metric is not None else load_lpips(net)
 
     def loss(self, patch):
-        return self.metric(patch, self.reference.to(patch).expand_as(patch)).flatten()
+        return self.metric(patch, self.reference.expand_as(patch)).flatten()

@@ -43,9 +43,11 @@ def add_solver_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
-    parser.add_argument("--guidance-scale", type=float, default=0.1, help="guidance step size (default 0.1)")
-    parser.add_argument("--refine-steps", type=int, default=0,
-                        help="data-consistency optimization steps on the final latent (default %(default)s)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="global guidance step size, times each constraint's weight (default 1)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="data-consistency optimization steps on the final latent (default: 100 for "
+                             "observations, none for CLIP boxes)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
     parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -60,22 +62,43 @@ def check_solver_arguments(parser, args) -> None:
         if value <= 0:
             parser.error(f"{name} must be positive, got {value}")
     for name, value in (("--seed", args.seed), ("--refine-steps", args.refine_steps)):
-        if value < 0:
+        if value is not None and value < 0:
             parser.error(f"{name} must be >= 0, got {value}")
     for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
         if not math.isfinite(value) or value < 0:
             parser.error(f"{name} must be a finite number >= 0, got {value}")
 
 
-def load_sampling_model(path, device: str | None = None):
-    """The model at ``path`` in eval mode on ``device`` (default: cuda if available, else cpu); a clear error
-    if it has no diffusion denoiser."""
+def resolve_device(name=None):
+    """The recipes' one choice of device: ``name`` (a string or ``torch.device``, checked) if given, else cuda
+    if available, else cpu. Everything else follows the model loaded there (constraints, CLIP and LPIPS)."""
     import torch
 
+    if isinstance(name, torch.device):
+        return name
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        available = getattr(torch, device.type, None)
+        if available is None or not getattr(available, "is_available", lambda: False)():
+            raise ValueError(f"--device {name!r} is not available on this machine; use cpu")
+    return device
+
+
+def load_sampling_model(path, device=None):
+    """The model at ``path`` in eval mode on ``device`` (see :func:`resolve_device`); a clear error if it has
+    no diffusion denoiser."""
     from .models import load_model
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(path, device=device).eval()
+    model = load_model(path, device=resolve_device(device)).eval()
     if model.unet is None:
         raise ValueError(f"{path} is an autoencoder without a diffusion denoiser; it cannot sample")
     return model

@@ -84,6 +84,11 @@ class ClipModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "ClipModel":
+        """Move the model (in place, so every constraint sharing it follows) and return self."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``len(prompts) x D`` unit-norm text features."""
         return encode_text(self, prompts)
@@ -105,7 +110,7 @@ def encode_text(clip: ClipModel, prompts: Sequence[str]) -> torch.Tensor:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     tokens = clip.tokenizer(prompts).to(clip.device)
-    return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+    return F.normalize(clip.model.encode_text(tokens), dim=-1)
 
 
 def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -123,7 +128,8 @@ def preprocess(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"expected a B x 3 x H x W image tensor in [-1, 1], got {shape}")
-    x = images.to(device=clip.device, dtype=torch.float32)
+    # resizing in at least float32 (half-precision interpolation loses the antialiasing's accuracy)
+    x = images.to(device=clip.device, dtype=torch.promote_types(images.dtype, torch.float32))
     s = clip.size
     h, w = x.shape[-2:]
     if clip.resize_mode == "squash":
@@ -149,7 +155,7 @@ def preprocess(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
 def encode_image(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
     """Unit-norm image features (``B x D``) of ``B x 3 x H x W`` images in [-1, 1], differentiable w.r.t. them."""
     x = preprocess(clip, images).to(clip.dtype)
-    return F.normalize(clip.model.encode_image(x).float(), dim=-1)
+    return F.normalize(clip.model.encode_image(x), dim=-1).to(images.dtype)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -32,18 +32,29 @@ class Constraint:
     """Base class of guidance terms.
 
     ``box``: the region's bounding box in canvas fractions ``(left, top, right, bottom)``; ``size``: the
-    ``(height, width)`` of the grid this constraint renders; ``weight``: its step size; ``active``: optional
-    ``(t_min, t_max)`` window of diffusion timesteps (0..999) in which it guides; ``name``: its label in
+    ``(height, width)`` of the grid this constraint renders; ``weight``: its step size (default: the class's
+    ``default_weight``, chosen so that the solver's default ``scale`` of 1 works for it); ``active``: optional
+    ``(t_min, t_max)`` window of diffusion timesteps (0..999) in which it guides; ``refine``: whether the
+    solver's data-consistency refinement fits it after sampling (default: the class's ``refine``: True for
+    observations, False for terms that fitting harder would game, like CLIP); ``name``: its label in
     histories and plots.
     """
 
-    def __init__(self, box: Sequence[float] = (0.0, 0.0, 1.0, 1.0), size=(64, 64), weight: float = 1.0,
-                 active: tuple[int, int] | None = None, name: str | None = None):
+    default_weight: float = 1.0
+    refine: bool = False
+
+    def __init__(self, box: Sequence[float] = (0.0, 0.0, 1.0, 1.0), size=(64, 64), weight: float | None = None,
+                 active: tuple[int, int] | None = None, name: str | None = None, refine: bool | None = None):
         self.box: Box = check_box(box)
         self.size: tuple[int, int] = check_size(size)
+        weight = self.default_weight if weight is None else weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
         self.weight = float(weight)
+        if refine is not None:
+            if not isinstance(refine, bool):
+                raise ValueError(f"refine must be True or False, got {refine!r}")
+            self.refine = refine
         if active is not None:
             try:
                 lo, hi = (int(v) for v in active)
@@ -54,6 +65,24 @@ class Constraint:
             active = (lo, hi)
         self.active = active
         self.name = name or type(self).__name__
+        self.score_size = self.size  # the grid :meth:`score` measures on (observations: their own image's)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Constraint":
+        """Move what this constraint holds to ``device`` (floating tensors also to ``dtype``); returns self.
+
+        The solver calls this once per solve with the model's device and dtype, so :meth:`loss` sees patches
+        and its own tensors on the same device. Tensors, ``nn.Module`` s and objects with a ``to(device, dtype)``
+        method (a :class:`~infd_solve.clip.ClipModel`) are moved; a module shared by several constraints is moved
+        in place once. Override only for state this cannot see (e.g. tensors inside a list).
+        """
+        for key, value in vars(self).items():
+            if torch.is_tensor(value):
+                setattr(self, key, value.to(device, dtype) if value.is_floating_point() else value.to(device))
+            elif isinstance(value, torch.nn.Module) or callable(getattr(value, "to", None)):
+                moved = value.to(device=device, dtype=dtype)
+                if moved is not None:
+                    setattr(self, key, moved)
+        return self
 
     def is_active(self, t: int) -> bool:
         return self.active is None or self.active[0] <= t <= self.active[1]
@@ -61,6 +90,12 @@ class Constraint:
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
         """Per-sample loss (``B``) of ``patch`` (``B x 3 x H x W`` in [-1, 1], rendered at ``size`` over ``box``)."""
         raise NotImplementedError
+
+    def score(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample measures of a final ``patch`` (rendered as for :meth:`loss`): ``loss``, plus what a
+        subclass adds (e.g. PSNR against an observation, CLIP similarity). Used by :meth:`Result.report`."""
+        with torch.no_grad():
+            return {"loss": self.loss(patch)}
 
     def __repr__(self) -> str:
         return f"{self.name}(box={tuple(round(v, 4) for v in self.box)}, size={self.size}, weight={self.weight})"
@@ -158,6 +193,17 @@ def load_mask(mask, name: str = "mask") -> torch.Tensor:
             raise ValueError(f"{name} must have values in [0, 1]")
         return m
     raise ValueError(f"{name} must be a tensor, a PIL image or a file path, got {type(mask).__name__}")
+
+
+def working_grid(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept) so that neither side exceeds ``max_side``; unchanged if it fits."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    h, w = size
+    if max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def check_aspect(image: torch.Tensor, box: Box, name: str, tolerance: float = 0.02) -> None:

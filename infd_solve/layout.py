@@ -4,11 +4,11 @@ A layout (every field but ``items`` optional; defaults shown)::
 
     {
       "canvas": 512,                  # output size: S (square) or [H, W]
-      "seed": 0, "steps": 50, "guidance": "dps", "scale": 0.1, "eta": 1.0, "batch_size": 1,
+      "seed": 0, "steps": 50, "guidance": "dps", "scale": 1.0, "eta": 1.0, "batch_size": 1,
       "normalize": true, "max_grad_norm": null,          # Solver options
       "description": "free text",
       "items": [
-        {"type": "clip", "prompt": "clouds", "box": [0.0, 0.0, 1.0, 0.4], "weight": 1.0,
+        {"type": "clip", "prompt": "clouds", "box": [0.0, 0.0, 1.0, 0.4], "weight": 0.3,
          "negative": ["fog"], "negative_weight": 0.5, "active": [0, 999]},
         {"type": "color", "color": "#2a5caa", "polygon": [[0.1, 0.7], [0.9, 0.7], [0.5, 1.0]]},
         {"type": "observation", "image": "photo.png", "mask": "mask.png", "box": [0.5, 0.5, 1.0, 1.0]},
@@ -81,7 +81,7 @@ class LayoutSettings:
     seed: int = 0
     steps: int = 50
     guidance: str = "dps"
-    scale: float = 0.1  # the Solver's default
+    scale: float = 1.0  # the Solver's default; each item's weight defaults to its constraint's
     eta: float = 1.0
     batch_size: int = 1
     normalize: bool = True
@@ -354,13 +354,15 @@ def _default_name(item: dict) -> str:
     return f"{item['type']}:{item_label(item)}"
 
 
-def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None):
+def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None, device=None):
     """``(LayoutSettings, [Constraint, ...])`` from a layout dict or a JSON file path.
 
     ``clip``: a :class:`infd_solve.clip.ClipModel`, a path / name for :func:`infd_solve.load_clip`, or
     ``None`` for the default domain CLIP; loaded only if the layout has ``clip`` items. ``base_dir``: where
     relative image paths start (default: the layout file's directory, or the working directory for a dict).
-    Raises :class:`LayoutError` naming the offending field.
+    ``device``: where the constraints (and a CLIP loaded here) are placed, normally the model's; the solver
+    moves them to the model's device and dtype in any case. Raises :class:`LayoutError` naming the offending
+    field.
     """
     source = None
     if isinstance(obj_or_path, (str, Path)):
@@ -396,12 +398,12 @@ def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None):
     if any(item["type"] == "clip" for item in items) and not hasattr(clip, "encode_text"):
         from .clip import load_clip
 
-        clip = load_clip(clip if clip is not None else "default")
+        clip = load_clip(clip if clip is not None else "default", device=device)
 
     built = []
     for i, item in enumerate(items):
         try:
-            built.append(_build(item, canvas, clip, item["name"]))
+            built.append(_build(item, canvas, clip, item["name"]).to(device))
         except (ValueError, FileNotFoundError) as e:
             raise LayoutError(f"items[{i}] ({item['type']}): {e}") from None
     return LayoutSettings(**values, items=items), built

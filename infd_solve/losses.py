@@ -8,6 +8,7 @@ already be on disk, at ``$INFD_LPIPS_BACKBONE`` or in torch's hub cache under it
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,8 +36,9 @@ def lpips_backbone_path(net: str = "vgg") -> Path:
     )
 
 
-def load_lpips(net: str = "vgg") -> nn.Module:
-    """``lpips.LPIPS`` with its backbone loaded from a local file (see :func:`lpips_backbone_path`)."""
+def load_lpips(net: str = "vgg", device=None) -> nn.Module:
+    """``lpips.LPIPS`` with its backbone loaded from a local file (see :func:`lpips_backbone_path`), on
+    ``device`` (a constraint holding it moves it with itself, see :meth:`infd_solve.Constraint.to`)."""
     import lpips
     import torchvision
 
@@ -48,11 +50,13 @@ def load_lpips(net: str = "vgg") -> nn.Module:
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
     except Exception as e:  # noqa: BLE001 - any failure here means the file is not that backbone
         raise ValueError(f"{path} is not torchvision's ImageNet {net} weights file ({e})") from None
-    metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # random backbone: nothing is fetched
+    with warnings.catch_warnings():  # lpips builds its backbone with torchvision's deprecated pretrained= flag
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # random backbone: nothing is fetched
     for name in ("slice1", "slice2", "slice3", "slice4", "slice5"):
         for index, layer in getattr(metric.net, name)._modules.items():
             layer.load_state_dict(features[int(index)].state_dict())
-    return metric.eval().requires_grad_(False)
+    return metric.eval().requires_grad_(False).to(device)
 
 
 class PyramidLoss(nn.Module):

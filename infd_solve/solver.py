@@ -53,6 +53,17 @@ class Result:
             return [save_image(images[0], path)]
         return [save_image(img, path.with_name(f"{path.stem}_{i}{path.suffix}")) for i, img in enumerate(images)]
 
+    def report(self) -> dict[str, dict[str, list[float]]]:
+        """``{constraint name: {measure: per-sample values}}`` on the result: each constraint's box rendered at
+        its size from the final field and scored by :meth:`Constraint.score` (loss, and e.g. PSNR against an
+        observation or CLIP similarity)."""
+        out = {}
+        with torch.no_grad():
+            for c in self.constraints:
+                scores = c.score(self.model.render(self.field, c.score_size, c.box))
+                out[c.name] = {k: v.double().cpu().tolist() for k, v in scores.items()}
+        return out
+
     def constraint_gaps(self) -> dict[str, torch.Tensor]:
         """PSNR (dB, per sample) between what each constraint saw (its box rendered alone) and the same pixels
         of the whole canvas rendered on that constraint's pixel lattice (one exact tiled render).
@@ -104,25 +115,31 @@ class Result:
         return path
 
 
+DEFAULT_REFINE_STEPS = 100
+
+
 class Solver:
     """DPS-style guided sampling of an INFD model under constraints.
 
     ``guidance``: ``"dps"`` (gradient through the denoiser, Chung et al. 2023) or ``"x0"`` (gradient with
     respect to the predicted clean latent only; cheaper). ``scale``: global step size, multiplied by each
-    constraint's ``weight`` (the best value depends on model and task: on the default model 0.03-0.3 work,
-    while 1.0 pushes observation-guided latents far off the prior; ``recipes/eval_solver.py`` measures it). ``normalize``: DPS's normalization, guiding on the square root of each
-    constraint's loss (its residual norm), per sample. ``max_grad_norm``: per-sample clipping of the guidance
-    gradient. ``refine_steps``: after sampling, that many Adam steps (learning rate ``refine_lr``) on the
-    final latent against the same objective (data consistency; see :func:`infd_solve.sampling.refine_latent`).
+    constraint's ``weight`` (each constraint class's default weight is set for ``scale=1``).
+    ``normalize``: DPS's normalization, guiding on the square root of each constraint's loss (its residual
+    norm), per sample. ``max_grad_norm``: per-sample clipping of the guidance gradient. ``refine_steps``:
+    after sampling, that many Adam steps (learning rate ``refine_lr``) on the final latent against the
+    constraints that opt in (``Constraint.refine``: observations do, CLIP boxes do not), for data
+    consistency (see :func:`infd_solve.sampling.refine_latent`); ``None`` (default): ``DEFAULT_REFINE_STEPS``
+    when some constraint opts in, else none.
     """
 
-    def __init__(self, model: INFDModel, steps: int = 200, eta: float = 1.0, guidance: str = "dps",
-                 scale: float = 0.1, normalize: bool = True, max_grad_norm: float | None = None,
-                 refine_steps: int = 0, refine_lr: float = 0.05, progress: bool = True):
+    def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
+                 scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
+                 refine_steps: int | None = None, refine_lr: float = 0.05, progress: bool = True):
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
-        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-            raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}")
+        if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int)
+                                         or refine_steps < 0):
+            raise ValueError(f"refine_steps must be an int >= 0 or None, got {refine_steps!r}")
         if not refine_lr > 0:
             raise ValueError(f"refine_lr must be > 0, got {refine_lr!r}")
         self.refine_steps, self.refine_lr = refine_steps, float(refine_lr)
@@ -135,7 +152,7 @@ class Solver:
 
         def evaluate(z0: torch.Tensor, i: int, t: int):
             active = [c for c in constraints if c.is_active(t)]
-            total = torch.zeros(z0.shape[0], device=z0.device)
+            total = z0.new_zeros(z0.shape[0])
             if not active:
                 return total, {}
             phi = self.model.decode(z0 / self.model.config.latent_scale)
@@ -171,7 +188,16 @@ class Solver:
                 raise ValueError(f"constraint {c.name!r} is active for t in {list(c.active)}, but none of the "
                                  f"{len(ts)} sampling timesteps ({shown}) falls in it, so it would never guide; "
                                  "widen its window or take more steps")
+        refined = [c for c in constraints if c.refine]
+        refine_steps = self.refine_steps
+        if refine_steps is None:
+            refine_steps = DEFAULT_REFINE_STEPS if refined else 0
+        elif refine_steps and not refined:
+            raise ValueError(f"refine_steps={refine_steps} but no constraint opts into refinement "
+                             "(Constraint.refine); pass refine=True to the constraints to fit, or refine_steps=0")
         model = self.model
+        # the model decides device and dtype; every constraint follows it once, not on every step
+        constraints = [c.to(model.device, model.dtype) for c in constraints]
         if generator is None and seed is not None:
             generator = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
         x = initial_noise((batch_size, *model.config.z_shape), generator, noise, model.device, model.dtype)
@@ -187,16 +213,19 @@ class Solver:
             history["timesteps"].append(state["t"])
             for name in history["loss"]:
                 history["loss"][name].append(state["terms"].get(name))
-            history["skipped"].append(state["skipped"].nonzero().flatten().tolist())
+            history["skipped"].append(state["skipped"])  # kept on the device: no host sync per step
             if callback is not None:
                 callback(state)
 
         objective = self.objective(constraints)
         z = sample_guided(model.denoise, x, model.alphas_cumprod, self.timesteps, objective,
                           self.scale, self.guidance, self.eta, generator, self.max_grad_norm, record, self.progress)
-        if self.refine_steps:
-            z = refine_latent(z, objective, self.refine_steps, self.refine_lr, record, self.progress)
+        if refine_steps:
+            z = refine_latent(z, self.objective(refined), refine_steps, self.refine_lr, record, self.progress)
         z = z.detach() / model.config.latent_scale
         with torch.no_grad():
             phi = model.decode(z)
+        history["loss"] = {name: [None if v is None else v.cpu() for v in values]
+                           for name, values in history["loss"].items()}
+        history["skipped"] = [s.nonzero().flatten().tolist() for s in history["skipped"]]
         return Result(model, z, phi, constraints, history)

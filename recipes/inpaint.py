@@ -34,7 +34,6 @@ from infd_solve import cli
 from infd_solve.constraint import load_image, load_mask
 from infd_solve.constraints import MaskedObservation
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
-from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS, check_box
 
 PROG = "inpaint.py"
@@ -55,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the image lies on the canvas, in fractions (default: the whole canvas)")
     p.add_argument("--size", type=int, default=None, help="output canvas side (default: the image's pixel density)")
     cli.add_solver_arguments(p)
-    p.set_defaults(refine_steps=100)  # measured: closes the gap to the observation (recipes/eval_solver.py)
     return p
 
 
@@ -99,16 +97,6 @@ def known_region(args, box):
     if known.area <= 0:
         raise ValueError("--polygon covers the whole canvas: no pixel would be known")
     return known
-
-
-def known_psnr(result, constraint: MaskedObservation) -> float:
-    """PSNR (dB) of the result on the known pixels (mask >= 0.5), rendered on the image's grid."""
-    with torch.no_grad():
-        patch = result.model.render(result.field, constraint.size, constraint.box).clamp(-1, 1).cpu()
-    keep = constraint.mask[0, 0] >= 0.5
-    if not keep.any():
-        return float("nan")
-    return float(psnr(patch[..., keep], constraint.observed[..., keep])[0])
 
 
 def plot_compare(constraint: MaskedObservation, result, ours_path: Path, path: Path, max_pixels: int = 768) -> Path:
@@ -170,7 +158,7 @@ def run(args) -> dict:
     written = result.save(out, canvas, tile=args.tile)
     print(written[0])
 
-    value = known_psnr(result, constraint)
+    value = result.report()[constraint.name]["psnr"][0]
     print(f"known-region PSNR: {value:.2f} dB over {int((constraint.mask >= 0.5).sum())} known pixels")
     written.append(plot_compare(constraint, result, written[0], compare))
     print(written[-1])

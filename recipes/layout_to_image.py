@@ -84,26 +84,15 @@ def outputs_for(out: Path, batch: int) -> tuple[list[Path], Path, Path]:
     return images, out.with_name(f"{out.stem}_layout.png"), out.with_name(f"{out.stem}_losses.png")
 
 
-def final_report(result, settings) -> dict:
-    """Each constraint's loss on the final field (and CLIP similarity for ClipBox), per sample."""
-    from infd_solve.constraints import ClipBox
-
-    report = {"loss": {}, "clip_similarity": {}}
-    with torch.no_grad():
-        for c in result.constraints:
-            patch = result.model.render(result.field, c.size, c.box)
-            report["loss"][c.name] = c.loss(patch).tolist()
-            if isinstance(c, ClipBox):
-                report["clip_similarity"][c.name] = c.similarity(patch).tolist()
-    print("final losses on the result (per sample):")
+def final_report(result) -> dict:
+    """Print and return each constraint's measures on the result (:meth:`Result.report`), per sample."""
+    report = result.report()
+    print("final measures on the result (per sample):")
     width = max(len(c.name) for c in result.constraints)
     for i, c in enumerate(result.constraints):
         box = ", ".join(f"{v:.3f}" for v in c.box)
-        line = (f"  [{i}] {c.name:<{width}}  box=({box})  weight {c.weight:g}  loss "
-                + " ".join(f"{v:.4g}" for v in report["loss"][c.name]))
-        if c.name in report["clip_similarity"]:
-            line += "  CLIP similarity " + " ".join(f"{v:.4f}" for v in report["clip_similarity"][c.name])
-        print(line)
+        measures = "  ".join(f"{k} " + " ".join(f"{v:.4g}" for v in values) for k, values in report[c.name].items())
+        print(f"  [{i}] {c.name:<{width}}  box=({box})  weight {c.weight:g}  {measures}")
     return report
 
 
@@ -173,7 +162,9 @@ def run(parser, args) -> dict:
     if args.tile <= 0:
         parser.error(f"--tile must be positive, got {args.tile}")
     model_path = cli.model_path(args.model)  # a missing shipped model fails here, before any work
-    settings, constraints = parse_layout(obj, clip=args.clip, base_dir=layout_path.resolve().parent)
+    device = cli.resolve_device(args.device)
+    settings, constraints = parse_layout(obj, clip=args.clip, base_dir=layout_path.resolve().parent,
+                                         device=device)
 
     out = Path(args.out) if args.out else Path("outputs") / f"{layout_path.stem}.png"
     if out.suffix.lower() not in Image.registered_extensions():
@@ -183,7 +174,7 @@ def run(parser, args) -> dict:
     inputs += [item[k] for item in settings.items for k in ("image", "mask") if isinstance(item.get(k), Path)]
     refuse_overwriting_inputs([*images, overlay, losses], inputs)
 
-    model = cli.load_sampling_model(model_path, args.device)
+    model = cli.load_sampling_model(model_path, device)
     h, w = settings.canvas
     print(f"{layout_path.name}: {len(constraints)} constraints, canvas {h}x{w}, {settings.steps} steps "
           f"({settings.guidance}, scale {settings.scale:g}), seed {settings.seed}, batch {settings.batch_size}")
@@ -193,7 +184,7 @@ def run(parser, args) -> dict:
     written = result.save(out, settings.canvas, tile=args.tile)
     for p in written:
         print(p)
-    report = final_report(result, settings)
+    report = {"measures": final_report(result)}
     written.append(plot_layout(written[: settings.batch_size], settings, constraints, overlay))
     print(written[-1])
     written.append(result.plot_losses(losses))
@@ -203,7 +194,8 @@ def run(parser, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the CLI; returns ``{"written", "loss", "clip_similarity"}``. Exit code 2 on bad input, 130 on Ctrl-C."""
+    """Run the CLI; returns ``{"written", "measures"}`` (``measures``: :meth:`Result.report`). Exit code 2 on bad
+    input, 130 on Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     with cli.user_errors(PROG):

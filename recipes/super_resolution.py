@@ -38,7 +38,6 @@ from infd_solve.constraint import load_image
 from infd_solve.constraints import LowResObservation
 from infd_solve.constraints.lowres_observation import OPERATORS
 from infd_solve.io import refuse_overwriting_inputs, to_pil, save_figure
-from infd_solve.metrics import psnr
 from infd_solve.rendering import FULL_CANVAS
 
 PROG = "super_resolution.py"
@@ -61,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="observation noise std in [-1, 1] units (default 0)")
     p.add_argument("--crop", action="store_true", help="centre-crop a non-square input to its short side")
     cli.add_solver_arguments(p)
-    p.set_defaults(refine_steps=100)  # measured: closes the gap to the observation (recipes/eval_solver.py)
     return p
 
 
@@ -88,14 +86,6 @@ def square_input(y: torch.Tensor, crop: bool) -> torch.Tensor:
     print(f"{PROG}: note: input centre-cropped from {h}x{w} to {side}x{side} (rows {top}-{top + side - 1}, "
           f"columns {left}-{left + side - 1}): the canvas is square", file=sys.stderr)
     return y[..., top : top + side, left : left + side]
-
-
-def consistency_psnr(result, constraint: LowResObservation) -> float:
-    """PSNR (dB) between the result seen through the observation operator and the observation."""
-    with torch.no_grad():
-        patch = result.model.render(result.field, constraint.size, constraint.box).clamp(-1, 1)
-        seen = constraint.forward_operator(patch).clamp(-1, 1)
-        return float(psnr(seen.cpu(), constraint.observed)[0])
 
 
 def plot_compare(observed: torch.Tensor, ours_path: Path, path: Path, max_pixels: int = 768) -> Path:
@@ -152,7 +142,7 @@ def run(args) -> dict:
     written = result.save(out, (size, size), tile=args.tile)
     print(written[0])
 
-    value = consistency_psnr(result, constraint)
+    value = result.report()[constraint.name]["psnr"][0]
     print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {value:.2f} dB "
           f"on the {n}x{n} input grid")
     written.append(plot_compare(constraint.observed, written[0], compare))

@@ -84,9 +84,9 @@ def normalized_model():
     return tiny_model(normalize=True, seed=2)
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    """A tiny random open_clip model (real open_clip classes), loaded through infd_solve.load_clip."""
+def make_tiny_clip(directory):
+    """A tiny random open_clip model (real open_clip classes) saved in ``directory`` and loaded through
+    infd_solve.load_clip."""
     import json
 
     from open_clip.model import CLIP
@@ -97,12 +97,30 @@ def tiny_clip(tmp_path_factory):
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1},
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("solver_clip")
-    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
         "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
         "resize_mode": "squash"}}))
-    save_file(CLIP(**cfg).state_dict(), str(path / "open_clip_model.safetensors"))
-    return load_clip(path)
+    save_file(CLIP(**cfg).state_dict(), str(directory / "open_clip_model.safetensors"))
+    return load_clip(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("solver_clip"))
+
+
+def _cuda_param():
+    available = torch.cuda.is_available()
+    return pytest.param(("cuda", torch.float32), id="cuda-float32",
+                        marks=[pytest.mark.cuda, pytest.mark.skipif(not available, reason="no CUDA device")])
+
+
+@pytest.fixture(params=[pytest.param(("cpu", torch.float32), id="cpu-float32"),
+                        pytest.param(("cpu", torch.float64), id="cpu-float64"), _cuda_param()])
+def device_dtype(request):
+    """Where and in which precision a test runs: CPU float32, CPU float64, and CUDA when the machine has it."""
+    device, dtype = request.param
+    return torch.device(device), dtype
 
 
 @pytest.fixture(scope="session")

@@ -114,16 +114,20 @@ def test_layout_recipe_writes_image_overlay_and_losses(layout_cli, model_dir, cl
     assert _size(tmp_path / "out" / "scene_losses.png")[0][0] >= 400
     # one final-loss line per item, finite, and a CLIP similarity for each clip item
     names = ["clip:clouds", "clip:a forest", "color:#2255aa", "observation", "low-res"]
-    assert list(report["loss"]) == names
+    measures = report["measures"]
+    assert list(measures) == names
     for k, name in enumerate(names):
         line = next(ln for ln in captured.out.splitlines() if ln.strip().startswith(f"[{k}] {name}"))
         (loss,) = _floats_after("loss", line)
-        assert math.isfinite(loss) and loss >= 0 and loss == pytest.approx(report["loss"][name][0], rel=1e-3)
+        assert math.isfinite(loss) and loss >= 0 and loss == pytest.approx(measures[name]["loss"][0], rel=1e-3)
         if name.startswith("clip:"):
-            (sim,) = _floats_after("CLIP similarity", line)
-            assert -1 <= sim <= 1 and sim == pytest.approx(report["clip_similarity"][name][0], abs=1e-4)
+            (sim,) = _floats_after("similarity", line)
+            assert -1 <= sim <= 1 and sim == pytest.approx(measures[name]["similarity"][0], abs=1e-4)
         else:
-            assert "CLIP similarity" not in line
+            assert "similarity" not in line
+        if name in ("observation", "low-res"):  # observations are scored against what they observe
+            (value,) = _floats_after("psnr", line)
+            assert value == pytest.approx(measures[name]["psnr"][0], rel=1e-3) and value > 0
     assert "3 steps" in captured.out and "canvas 64x64" in captured.out
     # conversions are announced
     assert "note:" in captured.err and "mode P" in captured.err and "alpha" in captured.err
@@ -154,7 +158,8 @@ def test_shipped_quick_example_runs(layout_cli, model_dir, clip_dir, tmp_path, c
     report = layout_cli.main([str(example), "-o", str(tmp_path / "q.png"), "--model", str(model_dir), "--clip",
                               str(clip_dir), "--steps", "2", "--canvas", "48", "--no-progress"])
     assert _size(tmp_path / "q.png")[0] == (48, 48)
-    assert set(report["clip_similarity"]) == {"clip:a clear sky", "clip:the sun", "clip:a grassy meadow"}
+    clip_items = {name for name in report["measures"] if "similarity" in report["measures"][name]}
+    assert clip_items == {"clip:a clear sky", "clip:the sun", "clip:a grassy meadow"}
 
 
 def test_layout_recipe_bad_layout_exits_2_naming_the_item(layout_cli, model_dir, tmp_path, capsys):
@@ -386,7 +391,7 @@ def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir,
         tmp_path / "smooth.png")
     target = ["--scale", "2"] if recipe == "super_resolution" else ["--polygon", "0.3,0.3 0.7,0.3 0.5,0.7"]
     common = [str(tmp_path / "smooth.png"), *target, "--model", str(model_dir), "--steps", "20", "--guidance", "x0",
-              "--seed", "0", "--no-progress"]
+              "--seed", "0", "--refine-steps", "0", "--no-progress"]  # guidance alone
     free = cli.main(common + ["-o", str(tmp_path / "free.png"), "--guidance-scale", "0"])
-    guided = cli.main(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "100"])
+    guided = cli.main(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "20"])
     assert guided["psnr"] > free["psnr"] + 0.5
