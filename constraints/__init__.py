@@ -1,12 +1,13 @@
-"""Built-in guidance constraints, installed as ``infd_solve.constraints``.
-
-Each is one small :class:`infd_solve.Constraint` subclass in its own file; a new one needs no edit elsewhere.
+"""Guidance constraints, installed as ``infd_solve.constraints``: the :class:`Constraint` base class and the
+built-in ones, one small subclass per file. A new one needs no edit elsewhere (see ``base.py``).
 """
 
+from .base import REGISTRY, Constraint
 from .clip_box import ClipBox
 from .color_match import ColorMatch
 from .lowres_observation import LowResObservation
 from .masked_observation import MaskedObservation
 from .perceptual_match import PerceptualMatch
 
-__all__ = ["ClipBox", "ColorMatch", "LowResObservation", "MaskedObservation", "PerceptualMatch"]
+__all__ = ["Constraint", "REGISTRY", "ClipBox", "ColorMatch", "LowResObservation", "MaskedObservation",
+           "PerceptualMatch"]

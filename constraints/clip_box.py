@@ -7,8 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..constraint import Constraint
-from ..regions import region_box_and_mask
+from .base import Constraint
 
 
 def view_count(aspect: float, max_views: int, tolerance: float = 1.1) -> int:
@@ -21,7 +20,8 @@ class ClipBox(Constraint):
     """Minimize ``1 - cos(image, prompt)`` (+ ``negative_weight`` times the mean cosine to negative prompts).
 
     ``clip``: what :func:`infd_solve.load_clip` returns (the default domain CLIP, or any open_clip model from a
-    local file); ``None`` loads the default. ``region``: a box or a polygon (its bounding box is rendered).
+    local file); ``None`` loads the default. The region is a ``box`` or a ``polygon`` (its bounding box is
+    rendered).
 
     CLIP sees squares. A square box is rendered at CLIP's input size; an elongated one on a grid of the box's
     own shape (CLIP's size on the short side), cut into ``n`` evenly spaced, overlapping square views that
@@ -31,12 +31,19 @@ class ClipBox(Constraint):
     CLIP passes per step); boxes longer than that are squashed by the remainder.
     """
 
+    layout_type = "clip"
     default_weight = 0.3
 
-    def __init__(self, prompt: str, region=(0.0, 0.0, 1.0, 1.0), clip=None, negative_prompts: Sequence[str] = (),
-                 negative_weight: float = 0.5, canvas: Sequence[float] = (1, 1), max_views: int = 4, **kwargs):
+    def __init__(self, prompt: str, box=None, clip=None, negative_prompts: Sequence[str] = (),
+                 negative_weight: float = 0.5, canvas: Sequence[float] = (1, 1), max_views: int = 4,
+                 polygon=None, **kwargs):
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+        if isinstance(negative_prompts, str) or not all(isinstance(p, str) and p.strip() for p in negative_prompts):
+            raise ValueError(f"negative_prompts must be a list of non-empty strings, got {negative_prompts!r}")
+        if isinstance(negative_weight, bool) or not isinstance(negative_weight, (int, float)) \
+                or not math.isfinite(negative_weight) or negative_weight < 0:
+            raise ValueError(f"negative_weight must be a finite number >= 0, got {negative_weight!r}")
         if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 1:
             raise ValueError(f"max_views must be an int >= 1, got {max_views!r}")
         try:
@@ -45,23 +52,26 @@ class ClipBox(Constraint):
             raise ValueError(f"canvas must be (height, width), got {canvas!r}") from None
         if not (canvas_h > 0 and canvas_w > 0 and math.isfinite(canvas_h * canvas_w)):
             raise ValueError(f"canvas must be (height, width) > 0, got {canvas!r}")
+        super().__init__(box=box, polygon=polygon, **{"name": f"clip:{prompt}"} | kwargs)
         if clip is None or isinstance(clip, str):
             from ..clip import load_clip
 
             clip = load_clip(clip or "default")
-        box, _ = region_box_and_mask(region, name="ClipBox region")
-        height, width = (box[3] - box[1]) * canvas_h, (box[2] - box[0]) * canvas_w
+        left, top, right, bottom = self.box
+        height, width = (bottom - top) * canvas_h, (right - left) * canvas_w
         aspect = max(height, width) / min(height, width) if min(height, width) > 0 else math.inf
         self.views = view_count(aspect, max_views)
         # n views cover n squares: a longer box is squashed by the remainder (at most 10 % below max_views)
         s, long_side = clip.size, round(clip.size * min(aspect, self.views))
-        size = (s, long_side) if width >= height else (long_side, s)
-        super().__init__(box=box, size=size, **{"name": f"clip:{prompt}"} | kwargs)
+        self.size = self.score_size = (s, long_side) if width >= height else (long_side, s)
         self.prompt, self.clip, self.negative_weight = prompt, clip, float(negative_weight)
         with torch.no_grad():
             self.text = clip.encode_text([prompt])
-            negatives = [p for p in negative_prompts if p.strip()]
-            self.negatives = clip.encode_text(negatives) if negatives else None
+            self.negatives = clip.encode_text(list(negative_prompts)) if negative_prompts else None
+
+    @property
+    def label(self) -> str:
+        return self.prompt
 
     def encode_views(self, patch: torch.Tensor) -> torch.Tensor:
         """``B x views x D`` CLIP embeddings of the square views of each rendered patch."""

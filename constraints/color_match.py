@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..constraint import Constraint
-from ..regions import rasterize, region_box_and_mask
+from ..regions import rasterize
+from ..rendering import check_size
+from .base import Constraint
+
+
+def color_label(color) -> str:
+    return color if isinstance(color, str) else "rgb(" + ", ".join(f"{float(v):.2f}" for v in color) + ")"
 
 
 def parse_color(color) -> torch.Tensor:
@@ -29,16 +34,34 @@ def parse_color(color) -> torch.Tensor:
 
 
 class ColorMatch(Constraint):
-    """Squared distance between the region's mean colour and ``color``; region: box or polygon."""
+    """Squared distance between the region's mean colour and ``color``; the region is a ``box`` or a
+    ``polygon`` (the mean is taken over the polygon itself). It renders ``size``, by default a grid of
+    ``GRID`` pixels on the long side with the box's shape on a canvas of ``canvas`` (height, width)."""
 
+    layout_type = "color"
     default_weight = 3.0
+    GRID = 32
 
-    def __init__(self, color, region=(0.0, 0.0, 1.0, 1.0), size=(32, 32), **kwargs):
+    def __init__(self, color, box=None, size=None, canvas=(1, 1), polygon=None, **kwargs):
         target = parse_color(color)
-        box, geometry = region_box_and_mask(region, name="ColorMatch region")
-        super().__init__(box=box, size=size, **{"name": f"color:{color}"} | kwargs)
-        self.target = target
-        self.mask = rasterize(geometry, self.box, self.size) if geometry is not None else torch.ones(1, 1, *self.size)
+        super().__init__(box=box, polygon=polygon, **{"name": f"color:{color_label(color)}"} | kwargs)
+        if size is None:
+            left, top, right, bottom = self.box
+            h, w = (bottom - top) * canvas[0], (right - left) * canvas[1]
+            size = (max(4, round(self.GRID * h / max(h, w))), max(4, round(self.GRID * w / max(h, w))))
+        self.size = self.score_size = check_size(size)
+        self.target, self.color = target, color
+        self.mask = rasterize(self.geometry, self.box, self.size) if self.geometry is not None \
+            else torch.ones(1, 1, *self.size)
+
+    @property
+    def label(self) -> str:
+        return color_label(self.color)
+
+    @property
+    def label_color(self) -> tuple[float, float, float]:
+        """The target colour in [0, 1] (overlays put the label on it)."""
+        return tuple(float(v) for v in (self.target.cpu() + 1) / 2)
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
         mean = (patch * self.mask).sum((2, 3)) / self.mask.sum()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..constraint import Constraint, check_aspect, load_image, working_grid
+from .. import checks
+from ..io import load_image
 from ..metrics import psnr
+from .base import Constraint, check_aspect, file_label, files_of, working_grid
 
 OPERATORS = ("render", "area", "bicubic")
 MAX_FACTOR = 4  # the default supersampling of "area" / "bicubic" when the grid allows it
@@ -26,25 +28,28 @@ class LowResObservation(Constraint):
     the observation's own grid.
     """
 
-    default_weight = 5.0  # with Solver(scale=1): strong, yet stable at every observation size
+    layout_type = "lowres"
+    layout_paths = ("image",)
+    default_weight = 5.0
     refine = True
+    overlay_linestyle = "--"
 
-    def __init__(self, image, box=(0.0, 0.0, 1.0, 1.0), noise_sigma: float = 0.0, operator: str = "area",
+    def __init__(self, image, box=None, noise_sigma: float = 0.0, operator: str = "area",
                  factor: int | None = None, max_side: int = 256, **kwargs):
-        if operator not in OPERATORS:
-            raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+        checks.choice(operator, "operator", OPERATORS)
         if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or factor < 1):
             raise ValueError(f"factor must be a positive int or None, got {factor!r}")
         if not noise_sigma >= 0:
             raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
-        y = load_image(image, "LowResObservation image")
+        self.input_files = files_of(image)
+        y = load_image(image, "image")
         grid = working_grid(tuple(y.shape[-2:]), max_side)
         if operator == "render":
             factor = 1
         elif factor is None:
             factor = max(1, min(MAX_FACTOR, max_side // max(grid)))
         super().__init__(box=box, size=(grid[0] * factor, grid[1] * factor), **{"name": "low-res"} | kwargs)
-        check_aspect(y, self.box, "LowResObservation image")
+        check_aspect(y, self.box, "image")
         shrink = grid[0] / y.shape[-2]
         self.image, self.operator, self.factor = y, operator, factor
         self.observed = F.interpolate(y, size=grid, mode="bilinear", antialias=True) if shrink < 1 else y
@@ -52,6 +57,10 @@ class LowResObservation(Constraint):
         self.noise_sigma, self.effective_sigma = float(noise_sigma), float(noise_sigma) * min(1.0, shrink)
         # scored on the observation's own grid, through the same operator
         self.score_size = tuple(n * (factor if shrink == 1 else 1) for n in y.shape[-2:])
+
+    @property
+    def label(self) -> str:
+        return file_label("lowres", self.input_files[:1])
 
     def forward_operator(self, patch: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """What an observation on a grid of ``size`` (default: the guidance grid's) would be for ``patch``."""

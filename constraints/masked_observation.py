@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..constraint import Constraint, check_aspect, load_image, load_mask, working_grid
+from ..io import load_image, load_mask
 from ..regions import as_geometry, rasterize
+from .base import Constraint, check_aspect, file_label, files_of, working_grid
 
 
 class MaskedObservation(Constraint):
@@ -23,30 +24,39 @@ class MaskedObservation(Constraint):
     does not grow with the number of pixels either. :meth:`score` measures the result on the image's own grid.
     """
 
-    default_weight = 5.0  # with Solver(scale=1): strong, yet stable from 64 to 4096 pixels
+    layout_type = "observation"
+    layout_paths = ("image", "mask")
+    default_weight = 5.0
     refine = True
+    overlay_linestyle = "--"
 
-    def __init__(self, image, mask=None, box=(0.0, 0.0, 1.0, 1.0), max_side: int = 256, **kwargs):
-        y = load_image(image, "MaskedObservation image")
+    def __init__(self, image, mask=None, box=None, max_side: int = 256, **kwargs):
+        self.input_files = files_of(image) + files_of(mask)
+        self._label = file_label("observation", files_of(image))
+        y = load_image(image, "image")
         full = tuple(y.shape[-2:])
         super().__init__(box=box, size=working_grid(full, max_side), **{"name": "observation"} | kwargs)
-        check_aspect(y, self.box, "MaskedObservation image")
+        check_aspect(y, self.box, "image")
         if mask is None:
             m = torch.ones(1, 1, *full)
         elif isinstance(mask, (torch.Tensor, str, Path, Image.Image)):
-            m = load_mask(mask, "MaskedObservation mask")
+            m = load_mask(mask, "mask")
             if tuple(m.shape[-2:]) != full:
                 raise ValueError(f"mask is {tuple(m.shape[-2:])} but the image is {full}")
         else:
-            m = rasterize(as_geometry(mask, "MaskedObservation polygon"), self.box, full)
+            m = rasterize(as_geometry(mask, "mask"), self.box, full)
         if m.sum() == 0:
-            raise ValueError("MaskedObservation mask observes no pixel")
+            raise ValueError("mask observes no pixel")
         self.image, self.image_mask, self.score_size = y, m, full
         # On a coarser grid a pixel is observed in proportion to its known area, and shows the mean of the
         # known values under it (unknown values must not leak in).
         coverage = resample(m, self.size)
         self.observed = resample(y * m, self.size) / coverage.clamp_min(1e-6)
         self.mask = coverage
+
+    @property
+    def label(self) -> str:
+        return self._label
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
         residual = (patch - self.observed) * self.mask

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..constraint import Constraint, check_aspect, load_image
+from ..io import load_image
 from ..losses import load_lpips
+from .base import Constraint, check_aspect, file_label, files_of
 
 
 class PerceptualMatch(Constraint):
@@ -13,12 +14,21 @@ class PerceptualMatch(Constraint):
     already-built ``metric`` (any module mapping two image batches in [-1, 1] to distances).
     """
 
-    def __init__(self, reference, box=(0.0, 0.0, 1.0, 1.0), net: str = "vgg", metric=None, **kwargs):
-        y = load_image(reference, "PerceptualMatch reference")
+    layout_type = "perceptual"
+    layout_paths = ("reference",)
+    overlay_linestyle = "--"
+
+    def __init__(self, reference, box=None, net: str = "vgg", metric=None, **kwargs):
+        self.input_files = files_of(reference)
+        y = load_image(reference, "reference")
         super().__init__(box=box, size=tuple(y.shape[-2:]), **{"name": "perceptual"} | kwargs)
-        check_aspect(y, self.box, "PerceptualMatch reference")
+        check_aspect(y, self.box, "reference")
         self.reference = y
         self.metric = metric if metric is not None else load_lpips(net)
+
+    @property
+    def label(self) -> str:
+        return file_label("perceptual", self.input_files[:1])
 
     def loss(self, patch):
         return self.metric(patch, self.reference.expand_as(patch)).flatten()

@@ -19,14 +19,14 @@ _API = {
     "UnsafeCheckpointError": "models",
     "Solver": "solver",
     "Result": "solver",
-    "Constraint": "constraint",
+    "Constraint": "constraints",
     "load_clip": "clip",
 }
 __all__ = list(_API)
 
 if TYPE_CHECKING:
     from .clip import load_clip
-    from .constraint import Constraint
+    from .constraints import Constraint
     from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model
     from .solver import Result, Solver
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
 
 import numpy as np
 import shapely
@@ -68,10 +67,28 @@ def rasterize(geometry: BaseGeometry, box: Box, size: tuple[int, int], samples: 
     return torch.from_numpy(coverage.astype(np.float32))[None, None]
 
 
-def region_box_and_mask(region, size: tuple[int, int] | None = None, name: str = "region"):
-    """``(box, geometry or None)``: a 4-sequence is a box; anything else is a polygon (box = its bounds)."""
-    if isinstance(region, Sequence) and not isinstance(region, str) and len(region) == 4 and \
-            all(isinstance(v, (int, float)) for v in region):
-        return check_box(region, name), None
-    geometry = as_geometry(region, name)
-    return bounding_box(geometry), geometry
+def parse_points(text: str, name: str = "polygon") -> list[tuple[float, float]]:
+    """``"x,y x,y ..."`` (command lines) -> vertices; ``ValueError`` naming the bad token."""
+    points = []
+    for token in text.replace(";", " ").split():
+        try:
+            x, y = (float(v) for v in token.split(","))
+        except ValueError:
+            raise ValueError(f"{name}: expected \"x,y x,y x,y ...\" in canvas fractions, got the token {token!r}"
+                             ) from None
+        points.append((x, y))
+    if len(points) < 3:
+        raise ValueError(f"{name} needs at least three x,y vertices, got {len(points)} in {text!r}")
+    return points
+
+
+def known_outside(hole, box: Box, name: str = "polygon") -> BaseGeometry:
+    """The canvas outside ``hole`` (a polygon to fill), as the known region of an observation covering
+    ``box``; ``ValueError`` if the hole misses the box or covers the whole canvas."""
+    hole = as_geometry(hole, name)
+    if hole.intersection(shapely.box(*box)).area <= 0:
+        raise ValueError(f"{name} does not overlap the image's box {box}: nothing to fill")
+    known = shapely.difference(CANVAS, hole)
+    if known.area <= 0:
+        raise ValueError(f"{name} covers the whole canvas: no pixel would be known")
+    return known

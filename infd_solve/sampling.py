@@ -1,8 +1,8 @@
 """Samplers over any denoiser callable (k-diffusion style): ``denoiser(x, t) -> eps``.
 
-The DDIM update follows the official INFD/guided-diffusion code exactly (see FORMAT.md section 8), including
-its "ddimN" timestep respacing, which differs from diffusers' "leading" spacing whenever N does not divide
-1000. The noise schedule itself comes from a diffusers scheduler (``alphas_cumprod``).
+The DDIM update follows the official INFD/guided-diffusion code exactly (``tests/fixtures/FORMAT.md`` section 8),
+including its "ddimN" timestep respacing, which differs from diffusers' "leading" spacing whenever N does not
+divide 1000. The noise schedule itself comes from a diffusers scheduler (``alphas_cumprod``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .constraint import Constraint
-from .io import save_figure, save_image
+from . import checks
+from .constraints.base import Constraint
+from .io import save_image
 from .metrics import psnr
 from .models.infd import INFDModel
 from .rendering import FULL_CANVAS, check_box
@@ -86,36 +87,35 @@ class Result:
         return gaps
 
     def plot_losses(self, path: str | Path) -> Path:
-        """Loss per constraint over the sampling steps (mean over the batch), as a PNG."""
-        import matplotlib
+        """Loss per constraint over the steps, as a PNG (:func:`infd_solve.viz.plot_losses`)."""
+        from .viz import plot_losses
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, values in self.history["loss"].items():
-            steps = [i for i, v in enumerate(values) if v is not None]
-            ax.plot(steps, [float(values[i].mean()) for i in steps], label=name)
-        sampling_steps = self.history.get("sampling_steps", len(self.history["timesteps"]))
-        if len(self.history["timesteps"]) > sampling_steps:
-            ax.axvline(sampling_steps - 0.5, color="gray", linestyle=":", label="refinement starts")
-            ax.set_xlabel("step (sampling, then refinement)")
-        else:
-            ax.set_xlabel("sampling step")
-        ax.set_ylabel("constraint loss (batch mean)")
-        means = [float(v.mean()) for values in self.history["loss"].values() for v in values if v is not None]
-        if means and min(means) <= 0:  # a log axis would drop exact fits: linear near zero
-            ax.set_yscale("symlog", linthresh=min([v for v in means if v > 0], default=1e-6))
-        else:
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        save_figure(fig, path, dpi=100)
-        return path
+        return plot_losses(self.history, path)
 
 
 DEFAULT_REFINE_STEPS = 100
+
+
+def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, max_grad_norm=None,
+                  refine_steps=None, refine_lr=0.05, num_train_timesteps: int = 1000) -> dict:
+    """The :class:`Solver` options, checked (``ValueError`` starting with the option's name) and normalized;
+    ``timesteps`` added. Layouts check theirs with this too."""
+    steps = checks.integer(steps, "steps", 1)
+    try:
+        timesteps = ddim_timesteps(steps, num_train_timesteps)
+    except ValueError as e:
+        raise ValueError(f"steps: {e}") from None
+    return {
+        "steps": steps, "timesteps": timesteps,
+        "eta": checks.number(eta, "eta", 0.0, 1.0),  # > 1 makes the DDIM variance negative
+        "guidance": checks.choice(guidance, "guidance", GUIDANCE_MODES),
+        "scale": checks.number(scale, "scale"),
+        "normalize": checks.boolean(normalize, "normalize"),
+        "max_grad_norm": None if max_grad_norm is None else checks.number(max_grad_norm, "max_grad_norm",
+                                                                          strict=True),
+        "refine_steps": None if refine_steps is None else checks.integer(refine_steps, "refine_steps", 0),
+        "refine_lr": checks.number(refine_lr, "refine_lr", strict=True),
+    }
 
 
 class Solver:
@@ -135,17 +135,18 @@ class Solver:
     def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
                  scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
                  refine_steps: int | None = None, refine_lr: float = 0.05, progress: bool = True):
-        if guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
-        if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int)
-                                         or refine_steps < 0):
-            raise ValueError(f"refine_steps must be an int >= 0 or None, got {refine_steps!r}")
-        if not refine_lr > 0:
-            raise ValueError(f"refine_lr must be > 0, got {refine_lr!r}")
-        self.refine_steps, self.refine_lr = refine_steps, float(refine_lr)
-        self.model, self.eta, self.guidance = model, float(eta), guidance
-        self.timesteps = ddim_timesteps(steps, model.scheduler.config.num_train_timesteps)
-        self.scale, self.normalize, self.max_grad_norm, self.progress = scale, normalize, max_grad_norm, progress
+        if not isinstance(model, INFDModel):
+            raise ValueError(f"model must be an INFDModel (from infd_solve.load_model), got {type(model).__name__}")
+        if model.unet is None:
+            raise ValueError("model has no diffusion denoiser (an autoencoder only); it cannot sample")
+        options = check_options(steps=steps, eta=eta, guidance=guidance, scale=scale, normalize=normalize,
+                                max_grad_norm=max_grad_norm, refine_steps=refine_steps, refine_lr=refine_lr,
+                                num_train_timesteps=model.scheduler.config.num_train_timesteps)
+        self.model, self.progress = model, bool(progress)
+        self.timesteps = options.pop("timesteps")
+        self.eta, self.guidance, self.scale = options["eta"], options["guidance"], options["scale"]
+        self.normalize, self.max_grad_norm = options["normalize"], options["max_grad_norm"]
+        self.refine_steps, self.refine_lr = options["refine_steps"], options["refine_lr"]
 
     def objective(self, constraints: Sequence[Constraint]):
         """``(z0_hat, i, t) -> (per-sample loss, {name: per-sample loss})`` for :func:`sample_guided`."""
@@ -174,10 +175,16 @@ class Solver:
         step's noise), so a sample is the same whatever its batch. Or pass ``generator`` (one per sample) and
         ``noise``.
         """
+        if isinstance(constraints, Constraint) or not isinstance(constraints, Sequence) or isinstance(constraints, str):
+            raise ValueError(f"constraints must be a list of Constraint objects (wrap a single one in a list), "
+                             f"got {type(constraints).__name__}")
         constraints = list(constraints)
         for c in constraints:
             if not isinstance(c, Constraint):
                 raise ValueError(f"constraints must be Constraint objects, got {type(c).__name__}")
+        batch_size = checks.integer(batch_size, "batch_size", 1)
+        if seed is not None:  # sample i uses seed + i, and torch seeds are 64-bit
+            seed = checks.integer(seed, "seed", 0, 2**64 - batch_size)
         names = [c.name for c in constraints]
         if len(set(names)) != len(names):
             raise ValueError(f"constraint names must be unique (history is keyed by them), got {names}")

@@ -10,7 +10,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from infd_solve.data.landscapes import render, sample_scene  # noqa: E402
+from infd_solve.data.landscapes import render_scene, sample_scene  # noqa: E402
 
 
 def median_ms(scenes, box, size, repeats):
@@ -19,7 +19,7 @@ def median_ms(scenes, box, size, repeats):
     for i in range(repeats):
         sc = scenes[i % len(scenes)]
         t, c = time.perf_counter(), time.process_time()
-        render(sc, box, size)
+        render_scene(sc, box, size)
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
@@ -33,7 +33,7 @@ def main():
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("note: set OMP_NUM_THREADS=1 for single-core numbers")
     scenes = [sample_scene(s) for s in range(args.scenes)]
-    render(scenes[0], (0, 0, 1, 1), (64, 64))  # warm up
+    render_scene(scenes[0], (0, 0, 1, 1), (64, 64))  # warm up
     full = (0.0, 0.0, 1.0, 1.0)
     # 512 pixels of an 8192 view: a 1/16-wide box around the middle of the canvas.
     crop = (0.45, 0.40, 0.45 + 1 / 16, 0.40 + 1 / 16)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import infd_solve
 from infd_solve import cli
 from infd_solve.constraints import LowResObservation, MaskedObservation
-from infd_solve.data import TEST_SEED_OFFSET, render as render_scene, sample_scene
+from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.metrics import psnr
 from infd_solve.regions import CANVAS
@@ -42,11 +42,6 @@ def model_image(model, side: int, seed: int) -> torch.Tensor:
     z = model.sample(1, steps=50, generator=[torch.Generator().manual_seed(seed)], progress=False)
     with torch.no_grad():
         return model.render_image(model.decode(z), side).clamp(-1, 1).cpu()
-
-
-def scene_image(side: int) -> torch.Tensor:
-    rgb, _ = render_scene(sample_scene(TEST_SEED_OFFSET + 7), (0, 0, 1, 1), (side, side))
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1
 
 
 def inpaint(model, image, seed):
@@ -105,8 +100,8 @@ def main(argv=None):
         run("inpaint", "model sample", size, inpaint, F.adaptive_avg_pool2d(image, size))
     for size in args.sr_sizes:
         run("SR x8", "model sample", f"{size}->{8 * size}", super_resolve, F.adaptive_avg_pool2d(image, 8 * size))
-    run("inpaint", "held-out scene", 512, inpaint, scene_image(512))
-    run("SR x8", "held-out scene", "64->512", super_resolve, scene_image(512))
+    run("inpaint", "held-out scene", 512, inpaint, scene_tensor(TEST_SEED_OFFSET + 7, 512))
+    run("SR x8", "held-out scene", "64->512", super_resolve, scene_tensor(TEST_SEED_OFFSET + 7, 512))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 import infd_solve
 from infd_solve import cli
 from infd_solve.clip import load_clip
-from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
+from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import save_figure
 from infd_solve.metrics import area_downsample, frechet_distance, psnr
 

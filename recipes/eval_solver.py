@@ -30,18 +30,14 @@ import infd_solve
 from infd_solve import cli
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox, LowResObservation, MaskedObservation
-from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render as render_scene, sample_scene
+from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene, scene_tensor
 from infd_solve.io import save_figure
-from infd_solve.layout import parse_layout
+from infd_solve.layout import parse_layout, read_layout
 from infd_solve.metrics import psnr
 
 
 TASKS = ["sr", "inpainting", "clip", "clip-views"]
 VIEWS_LAYOUT = Path(__file__).parent / "examples" / "landscape_2048.json"
-
-
-def scene_image(seed, size, box=(0, 0, 1, 1)):
-    return torch.from_numpy(render_scene(sample_scene(seed), box, (size, size))[0]).permute(2, 0, 1)[None] * 2 - 1
 
 
 def main(argv=None):
@@ -51,11 +47,11 @@ def main(argv=None):
     p.add_argument("--scenes", type=int, default=8)
     p.add_argument("--boxes", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sr-scale", type=float, default=0.2, help="guidance scale for super-resolution")
-    p.add_argument("--inpaint-scale", type=float, default=0.03)
-    p.add_argument("--clip-scale", type=float, default=0.3)
-    p.add_argument("--refine-steps", type=int, default=100,
-                   help="data-consistency steps after sampling, for SR and inpainting (0: none)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="the solver's global guidance scale (default: the library's, 1; weights are each "
+                        "constraint's default)")
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="data-consistency steps after sampling (default: the library's: observations refine)")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
     p.add_argument("--guidance", choices=["dps", "x0"], default="dps")
     p.add_argument("--out", type=Path, default=Path("outputs/eval_solver"))
@@ -69,20 +65,20 @@ def main(argv=None):
     seeds = [TEST_SEED_OFFSET + 20_000 + i for i in range(args.scenes)]
     table, figure_rows = {}, []
 
-    def solver(scale, refine_steps=0):
+    def solver(scale=args.scale, refine_steps=args.refine_steps):
         return infd_solve.Solver(model, steps=args.steps, guidance=args.guidance, scale=scale,
                                  refine_steps=refine_steps, progress=False)
 
     if "sr" in args.tasks:
-        baseline = [psnr(F.interpolate(scene_image(seed, 64), size=512, mode="bicubic", align_corners=False)
-                         .clamp(-1, 1), scene_image(seed, 512)).item() for seed in seeds]
+        baseline = [psnr(F.interpolate(scene_tensor(seed, 64), size=512, mode="bicubic", align_corners=False)
+                         .clamp(-1, 1), scene_tensor(seed, 512)).item() for seed in seeds]
         table["SR x8 PSNR vs 512 truth, plain bicubic upsampling (dB)"] = float(np.mean(baseline))
         for operator in ("render", "area", "bicubic"):
             consistency, fidelity = [], []
             for k, seed in enumerate(tqdm(seeds, desc=f"SR x8 ({operator})")):
-                low, truth = scene_image(seed, 64), scene_image(seed, 512)
+                low, truth = scene_tensor(seed, 64), scene_tensor(seed, 512)
                 c = LowResObservation(low, operator=operator)
-                result = solver(args.sr_scale, args.refine_steps).solve([c], seed=k)
+                result = solver().solve([c], seed=k)
                 with torch.no_grad():
                     seen = c.forward_operator(result.render(c.size))
                     consistency.append(psnr(seen, low).item())
@@ -99,9 +95,9 @@ def main(argv=None):
         mask = torch.ones(1, 1, 256, 256)
         mask[..., 64:192, 64:192] = 0
         for k, seed in enumerate(tqdm(seeds, desc="inpainting")):
-            image = scene_image(seed, 256)
+            image = scene_tensor(seed, 256)
             c = MaskedObservation(image, mask=mask)
-            result = solver(args.inpaint_scale, args.refine_steps).solve([c], seed=k)
+            result = solver().solve([c], seed=k)
             with torch.no_grad():
                 out = result.render(256)
             known = mask.bool().expand_as(out)
@@ -129,7 +125,7 @@ def main(argv=None):
                 continue
             c = ClipBox(prompts[LABELS[int(counts.argmax())]], box, clip=clip)
             scores = []
-            for scale in (args.clip_scale, 0.0):
+            for scale in (args.scale, 0.0):
                 result = solver(scale).solve([c], seed=total)
                 with torch.no_grad():
                     scores.append(c.similarity(result.render(c.size, c.box)).item())
@@ -140,8 +136,9 @@ def main(argv=None):
         table[f"CLIP box score guided > unguided ({total} boxes, %)"] = 100 * wins / max(total, 1)
     if "clip-views" in args.tasks:
         settings, viewed = parse_layout(VIEWS_LAYOUT, clip=clip)
-        squashed = [ClipBox(c.prompt, c.box, clip=clip, negative_prompts=item.get("negative", ()), max_views=1,
-                            weight=c.weight, active=c.active, name=c.name) for c, item in zip(viewed, settings.items)]
+        layout = read_layout(VIEWS_LAYOUT)  # the same items, each squashed into one square view
+        _, squashed = parse_layout(layout | {"items": [item | {"max_views": 1} for item in layout["items"]]},
+                                   clip=clip, base_dir=VIEWS_LAYOUT.parent)
         kwargs = settings.solver_kwargs() | {"steps": args.steps}
         for guided_by, constraints in (("square views", viewed), ("squashed", squashed)):
             scores = {"square views": [], "squashed": []}
@@ -155,8 +152,7 @@ def main(argv=None):
     table["wall time (s)"] = round(time.time() - start, 1)
 
     cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance,
-                     sr_scale=args.sr_scale, inpaint_scale=args.inpaint_scale, clip_scale=args.clip_scale,
-                     refine_steps=args.refine_steps)
+                     scale=args.scale, refine_steps=args.refine_steps)
     written = [args.out.with_suffix(".json")]
     if figure_rows:
         written.append(draw(figure_rows, args.out.with_suffix(".png")))

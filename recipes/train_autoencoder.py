@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
-from infd_solve.data import LandscapeDataset, render as render_scene
+from infd_solve.data import LandscapeDataset, render_scene
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 

@@ -98,7 +98,7 @@ def crop(rng: np.random.Generator, size: int, split: str = "train"):
     """One (uint8 HxWx3 image, caption, dominant label index or -1) sample."""
     scene = random_scene(rng, split)
     box = random_box(rng)
-    rgb, lab = L.render(scene, box, (size, size))
+    rgb, lab = L.render_scene(scene, box, (size, size))
     frac = np.bincount(lab.ravel(), minlength=len(L.LABELS)) / lab.size
     dominant = int(frac.argmax()) if frac.max() >= DOMINANT else -1
     text = L.caption(scene, box, (size, size))
@@ -142,7 +142,7 @@ def eval_crops(n: int, size: int, seed: int = EVAL_SEED, max_tries: int | None =
         if max_tries is not None and tries > max_tries:
             break
         scene = random_scene(rng, "test")
-        rgb, lab = L.render(scene, random_box(rng), (size, size))
+        rgb, lab = L.render_scene(scene, random_box(rng), (size, size))
         frac = np.bincount(lab.ravel(), minlength=len(L.LABELS)) / lab.size
         if frac.max() >= DOMINANT:
             images.append((rgb * 255.0 + 0.5).astype(np.uint8))

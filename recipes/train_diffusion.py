@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDModel
-from infd_solve.data import render as render_scene, sample_scene
+from infd_solve.data import render_scene, sample_scene
 from infd_solve.io import atomic_path
 from infd_solve.models.official import unet_config_from_official
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from .conftest import load_recipe
+from .helpers import load_recipe
 
 
 def test_region_local_decoding_is_exact_with_a_full_halo_and_the_same_statistics(local_model):

@@ -13,23 +13,16 @@ import torch
 from PIL import Image
 
 open_clip = pytest.importorskip("open_clip")
-from open_clip.model import CLIP  # noqa: E402
 from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from infd_solve import CheckpointError  # noqa: E402
 from infd_solve.clip import OPENAI_MEAN, OPENAI_STD, load_clip  # noqa: E402
 from infd_solve.data import landscapes as L  # noqa: E402
 
-from .conftest import REPO, load_recipe  # noqa: E402
+from .helpers import REPO, TINY_CLIP_CONFIG, load_recipe, save_tiny_clip  # noqa: E402
 
 SHIPPED = REPO / "pretrained" / "default" / "clip"
 
-TINY_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 MEAN, STD = (0.31, 0.42, 0.53), (0.21, 0.26, 0.29)  # deliberately not OpenAI's
 
 
@@ -45,17 +38,8 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A tiny random open_clip model in the directory format recipes/train_clip.py writes."""
-    torch.manual_seed(0)
-    model = CLIP(**TINY_CFG).eval()
-    path = tmp_path_factory.mktemp("tiny_clip")
-    (path / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": TINY_CFG,
-        "preprocess_cfg": {"size": 32, "mean": MEAN, "std": STD, "interpolation": "bicubic", "resize_mode": "squash"},
-    }))
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()},
-              str(path / "open_clip_model.safetensors"))
-    return path
+    """A tiny random open_clip model in the directory format recipes/train_clip.py writes (half weights)."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), mean=MEAN, std=STD, dtype=torch.float16)
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +49,26 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def tiny_name(tmp_path_factory):
-    """TINY_CFG registered with open_clip under a unique name (for loading a plain weights file)."""
+    """TINY_CLIP_CONFIG registered with open_clip under a unique name (for loading a plain weights file)."""
     name = f"infd-test-tiny-{uuid.uuid4().hex[:8]}"
     cfg = tmp_path_factory.mktemp("cfg") / f"{name}.json"
-    cfg.write_text(json.dumps(TINY_CFG))
+    cfg.write_text(json.dumps(TINY_CLIP_CONFIG))
     open_clip.add_model_config(cfg)
     return name
 
 
 @pytest.fixture(scope="module")
 def other_name(tmp_path_factory):
-    """Another registered architecture (embed_dim 8): TINY_CFG weights do not fit it."""
+    """Another registered architecture (embed_dim 8): TINY_CLIP_CONFIG weights do not fit it."""
     name = f"infd-test-other-{uuid.uuid4().hex[:8]}"
     cfg = tmp_path_factory.mktemp("cfg") / f"{name}.json"
-    cfg.write_text(json.dumps({**TINY_CFG, "embed_dim": 8}))
+    cfg.write_text(json.dumps({**TINY_CLIP_CONFIG, "embed_dim": 8}))
     open_clip.add_model_config(cfg)
     return name
 
 
 def landscape(seed, h, w):
-    rgb, _ = L.render(L.sample_scene(seed), (0.0, 0.0, 1.0, 1.0), (h, w))
+    rgb, _ = L.render_scene(L.sample_scene(seed), (0.0, 0.0, 1.0, 1.0), (h, w))
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
@@ -285,7 +269,7 @@ def test_shipped_default_loads_fast_and_classifies_held_out_crops():
             continue
         side = float(np.exp(rng.uniform(np.log(0.1), 0.0)))
         x0, y0 = rng.uniform(0, 1 - side, 2)
-        rgb, lab = L.render(scene, (x0, y0, x0 + side, y0 + side), (clip.size, clip.size))
+        rgb, lab = L.render_scene(scene, (x0, y0, x0 + side, y0 + side), (clip.size, clip.size))
         frac = np.bincount(lab.ravel(), minlength=len(L.LABELS)) / lab.size
         if frac.max() >= 0.6:
             images.append(rgb)

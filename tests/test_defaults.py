@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import infd_solve
 from infd_solve.constraints import LowResObservation, MaskedObservation
-from infd_solve.data import TEST_SEED_OFFSET, render as render_scene, sample_scene
+from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.metrics import psnr
 from infd_solve.regions import CANVAS
 
@@ -60,8 +60,7 @@ def test_super_resolution_x8_recovers_a_prior_sample(model, prior_image):
 
 
 def test_held_out_scene_with_finer_detail_does_not_diverge(model):
-    rgb, _ = render_scene(sample_scene(TEST_SEED_OFFSET + 7), (0, 0, 1, 1), (256, 256))
-    photo = torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1
+    photo = scene_tensor(TEST_SEED_OFFSET + 7, 256)
     c = MaskedObservation(photo, mask=KNOWN)
     result = infd_solve.Solver(model, progress=False).solve([c], seed=0)
     assert result.latent.norm() < latent_norm_bound(model)

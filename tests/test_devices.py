@@ -15,7 +15,7 @@ from infd_solve import constraints as builtin
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation, PerceptualMatch
 from infd_solve.losses import load_lpips
 
-from .conftest import make_tiny_clip, tiny_model
+from .helpers import make_tiny_clip, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _image(h, w, seed=0):
 # One way to build each built-in constraint; the first test makes sure a new one cannot be forgotten here.
 FACTORIES = {
     "ClipBox": lambda clip, lpips: ClipBox("clouds", (0.1, 0.0, 0.9, 0.4), clip=clip, negative_prompts=["fog"]),
-    "ColorMatch": lambda clip, lpips: ColorMatch("#336699", [(0.1, 0.1), (0.9, 0.2), (0.5, 0.9)]),
+    "ColorMatch": lambda clip, lpips: ColorMatch("#336699", polygon=[(0.1, 0.1), (0.9, 0.2), (0.5, 0.9)]),
     "LowResObservation": lambda clip, lpips: LowResObservation(_image(8, 8), noise_sigma=0.01, factor=2),
     "MaskedObservation": lambda clip, lpips: MaskedObservation(_image(16, 16), mask=[(0.5, 0.5), (1, 0.5), (0.5, 1)],
                                                                box=(0.5, 0.5, 1.0, 1.0)),
@@ -51,7 +51,7 @@ FACTORIES = {
 
 
 def test_every_builtin_constraint_is_covered():
-    assert set(FACTORIES) == set(builtin.__all__)
+    assert set(FACTORIES) == {cls.__name__ for cls in builtin.REGISTRY.values()}
 
 
 def _tensors(obj):

@@ -15,36 +15,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation
-from infd_solve.layout import ITEM_FIELDS, TOP_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
+from infd_solve.constraints import REGISTRY
+from infd_solve.layout import TOP_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
 from infd_solve.solver import Solver
 
-from .conftest import REPO, tiny_model
+from .helpers import REPO, save_tiny_clip, tiny_model
 
 open_clip = pytest.importorskip("open_clip")
 
-TINY_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 HYPOTHESIS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def save_tiny_clip(path):
-    """A tiny random open_clip model in the directory format ``load_clip`` reads (as tests/test_clip.py)."""
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = CLIP(**TINY_CLIP_CFG).eval()
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": TINY_CLIP_CFG,
-        "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic",
-                           "resize_mode": "squash"},
-    }))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +64,19 @@ def error_of(layout, **kw) -> str:
 def test_minimal_layout_gets_the_defaults():
     s, cs = parse_layout({"items": [color()]})
     solver_scale = inspect.signature(Solver).parameters["scale"].default  # a layout defaults to the Solver's
-    assert (s.canvas, s.seed, s.steps, s.guidance, s.scale, s.eta, s.batch_size) == ((512, 512), 0, 50, "dps",
-                                                                                    solver_scale, 1.0, 1)
+    assert (s.canvas, s.seed, s.steps, s.guidance, s.guidance_scale, s.eta, s.batch_size) == (
+        (512, 512), 0, 50, "dps", solver_scale, 1.0, 1)
     assert s.solver_kwargs() == {"steps": 50, "eta": 1.0, "guidance": "dps", "scale": solver_scale,
-                                 "normalize": True, "max_grad_norm": None}
+                                 "normalize": True, "max_grad_norm": None, "refine_steps": None}
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path):
     layout = {
-        "canvas": [96, 128], "seed": 3, "steps": 10, "guidance": "x0", "scale": 0.5, "eta": 0.0, "batch_size": 2,
-        "normalize": False, "max_grad_norm": 2.0, "description": "all types",
+        "canvas": [96, 128], "seed": 3, "steps": 10, "guidance": "x0", "guidance_scale": 0.5, "eta": 0.0,
+        "batch_size": 2, "normalize": False, "max_grad_norm": 2.0, "refine_steps": 7, "description": "all types",
         "items": [
-            {"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 0.4], "weight": 2, "negative": ["fog"],
+            {"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 0.4], "weight": 2, "negative_prompts": ["fog"],
              "negative_weight": 0.25, "active": [100, 900]},
             {"type": "color", "color": [0.2, 0.4, 0.6], "polygon": [[0.1, 0.5], [0.9, 0.55], [0.5, 1.2]]},
             {"type": "observation", "image": "imgs/photo.png", "mask": "imgs/mask.png", "box": [0.5, 0.5, 1, 1]},
@@ -109,11 +88,11 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     (tmp_path / "imgs").symlink_to(images)
     path = tmp_path / "layout.json"
     path.write_text(json.dumps(layout))
-    with pytest.warns(UserWarning, match="alpha"):
+    with pytest.warns(UserWarning, match=r"items\[4\] \(lowres\): image \(small.png\).*alpha"):
         s, cs = parse_layout(path, clip=clip)
     assert s.canvas == (96, 128) and s.seed == 3 and s.batch_size == 2 and s.source == path.resolve()
     assert s.solver_kwargs() == {"steps": 10, "eta": 0.0, "guidance": "x0", "scale": 0.5, "normalize": False,
-                                 "max_grad_norm": 2.0}
+                                 "max_grad_norm": 2.0, "refine_steps": 7}
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1
@@ -124,8 +103,8 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     assert cs[2].box == (0.5, 0.5, 1.0, 1.0) and cs[2].mask[0, 0, :, :16].min() == 1 and cs[2].mask[..., 16:].max() == 0
     assert 0 < cs[3].mask.mean() < 0.6
     assert cs[4].operator == "area" and cs[4].size == (32, 32) and cs[4].noise_sigma == 0.1
-    assert s.items[2]["image"] == (images / "photo.png").resolve()
-    assert s.items[1]["geometry"].area == pytest.approx(shapely.intersection(
+    assert cs[2].input_files == ((images / "photo.png").resolve(), (images / "mask.png").resolve())
+    assert cs[1].geometry.area == pytest.approx(shapely.intersection(
         shapely.Polygon([(0.1, 0.5), (0.9, 0.55), (0.5, 1.2)]), shapely.box(0, 0, 1, 1)).area)
     # the same dict with an explicit base_dir gives the same constraints
     with pytest.warns(UserWarning, match="alpha"):
@@ -175,7 +154,7 @@ def test_shipped_examples_parse(name, clip):
     assert {c.prompt for c in cs if isinstance(c, ClipBox)} <= known  # prompts the default domain CLIP knows
     if name == "landscape_2048":
         assert [c.prompt for c in cs] == ["clouds", "snowy mountains", "a forest", "a lake"]
-        assert "polygon" in s.items[2]
+        assert cs[2].geometry is not None and cs[2].label == "a forest"
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -184,18 +163,17 @@ BAD = [
     # (layout, fragments the message must contain)
     ({"stpes": 3, "items": [color()]}, ["layout: unknown field 'stpes'", "did you mean 'steps'", "allowed: batch_size, canvas"]),
     ({"items": [color(), {"type": "color", "colour": "#fff", "box": [0, 0, 1, 1]}]},
-     ["items[1] (color): unknown field 'colour'", "allowed: active, box, color, name, polygon, type, weight"]),
-    ({"items": [{"type": "text", "prompt": "x"}]}, ["items[0].type: unknown type 'text'", "allowed: clip, color"]),
+     ["items[1] (color): unknown field 'colour'", "allowed: active, box, color, name, polygon, refine, size, weight"]),
+    ({"items": [{"type": "text", "prompt": "x"}]}, ["items[0].type: unknown type 'text'", "allowed: clip, color, lowres"]),
     ({"items": [{"prompt": "x"}]}, ["items[0]: missing field 'type'"]),
     ({"items": [color(), {"type": "clip", "box": [0, 0, 1, 1]}]}, ["items[1].prompt: missing"]),
     ({"items": [{"type": "clip", "prompt": "  ", "box": [0, 0, 1, 1]}]}, ["items[0].prompt: must be a non-empty string"]),
     ({"items": [{"type": "clip", "prompt": 3, "box": [0, 0, 1, 1]}]}, ["items[0].prompt: must be a non-empty string"]),
-    ({"items": [{"type": "clip", "prompt": "clouds"}]}, ["items[0].box: missing", "'polygon'"]),
     ({"items": [color(), color(), color(), color((0, 0, 1.5, 1))]}, ["items[3].box:", "lies outside the canvas"]),
     ({"items": [color((0.5, 0, 0.2, 1))]}, ["items[0].box:", "inverted or has zero area"]),
     ({"items": [color((0, 0, 1))]}, ["items[0].box:", "four numbers"]),
     ({"items": [{"type": "color", "color": "#fff000", "box": "0 0 1 1"}]}, ["items[0].box:", "four numbers"]),
-    ({"items": [color(polygon=[[0, 0], [1, 0], [1, 1]])]}, ["items[0]: give either 'box' or 'polygon', not both"]),
+    ({"items": [color(polygon=[[0, 0], [1, 0], [1, 1]])]}, ["items[0] (color): give either box or polygon, not both"]),
     ({"items": [{"type": "color", "color": "#fff000", "polygon": [[1.2, 1.2], [2, 1.5], [1.5, 2]]}]},
      ["items[0].polygon:", "covers no area of the canvas"]),
     ({"items": [{"type": "color", "color": "#fff000", "polygon": [[0, 0], [1, 1]]}]},
@@ -211,8 +189,11 @@ BAD = [
     ({"steps": 0, "items": [color()]}, ["steps: must be an integer >= 1"]),
     ({"steps": 999, "items": [color()]}, ["steps:", "cannot be spaced evenly"]),
     ({"seed": -1, "items": [color()]}, ["seed:"]),
-    ({"guidance": "cfg", "items": [color()]}, ["guidance: must be one of dps, x0"]),
-    ({"scale": -1, "items": [color()]}, ["scale: must be a finite number >= 0"]),
+    ({"guidance": "cfg", "items": [color()]}, ["guidance: must be one of 'dps', 'x0'"]),
+    ({"guidance_scale": -1, "items": [color()]}, ["guidance_scale: must be a finite number >= 0"]),
+    ({"scale": 1, "items": [color()]}, ["layout: unknown field 'scale'", "did you mean"]),
+    ({"eta": 1.5, "items": [color()]}, ["eta: must be a finite number >= 0 and <= 1"]),
+    ({"refine_steps": -1, "items": [color()]}, ["refine_steps: must be an integer >= 0"]),
     ({"eta": float("nan"), "items": [color()]}, ["eta:"]),
     ({"batch_size": 0, "items": [color()]}, ["batch_size:"]),
     ({"normalize": "yes", "items": [color()]}, ["normalize:"]),
@@ -229,27 +210,29 @@ BAD = [
     ({"items": [color(name="a"), color(name="a")]}, ["items[1].name: 'a' is already used by items[0]"]),
     ({"items": [{"type": "color", "color": "#zz0000", "box": [0, 0, 1, 1]}]}, ["items[0].color:", "#rrggbb"]),
     ({"items": [{"type": "color", "color": [1, 2, 3], "box": [0, 0, 1, 1]}]}, ["items[0].color:"]),
-    ({"items": [{"type": "clip", "prompt": "x", "box": [0, 0, 1, 1], "negative": "fog"}]},
-     ["items[0].negative: must be a list of non-empty strings"]),
-    ({"items": [{"type": "observation", "image": "nope.png"}]}, ["items[0].image: no image file at", "nope.png"]),
+    ({"items": [{"type": "clip", "prompt": "x", "box": [0, 0, 1, 1], "negative_prompts": "fog"}]},
+     ["items[0].negative_prompts: must be a list of non-empty strings"]),
+    ({"items": [{"type": "observation", "image": "nope.png"}]}, ["items[0].image: no file at", "nope.png"]),
     ({"items": [{"type": "observation", "box": [0, 0, 1, 1]}]}, ["items[0].image: missing"]),
-    ({"items": [{"type": "observation", "image": 5}]}, ["items[0].image: must be an image path"]),
-    ({"items": [{"type": "observation", "image": "photo.png", "mask": "nomask.png"}]}, ["items[0].mask: no image file"]),
+    ({"items": [{"type": "observation", "image": 5}]}, ["items[0].image: must be a tensor, a PIL image or a file path"]),
+    ({"items": [{"type": "observation", "image": "photo.png", "mask": "nomask.png"}]}, ["items[0].mask: no file at"]),
     ({"items": [{"type": "observation", "image": "photo.png", "mask": [[2, 2], [3, 2], [3, 3]]}]},
      ["items[0].mask:", "covers no area"]),
     ({"items": [{"type": "observation", "image": "photo.png", "mask": "mask16.png"}]},
-     ["items[0] (observation):", "mask is (16, 16) but the image is (32, 32)"]),
+     ["items[0].mask: is (16, 16) but the image is (32, 32)"]),
     ({"items": [{"type": "observation", "image": "photo.png", "box": [0, 0, 0.5, 0.5],
-                 "mask": [[0.6, 0.6], [1, 0.6], [1, 1]]}]}, ["items[0] (observation):", "observes no pixel"]),
+                 "mask": [[0.6, 0.6], [1, 0.6], [1, 1]]}]}, ["items[0].mask:", "observes no pixel"]),
     ({"items": [color(), {"type": "observation", "image": "tall.png"}]},
-     ["items[1] (observation):", "is 32x16", "crop or pad"]),
+     ["items[1].image: is 32x16", "crop or pad"]),
     ({"items": [{"type": "lowres", "image": "photo.png", "operator": "nearest"}]},
-     ["items[0].operator: must be one of render, area, bicubic"]),
+     ["items[0].operator: must be one of 'render', 'area', 'bicubic'"]),
     ({"items": [{"type": "lowres", "image": "photo.png", "noise_sigma": -0.1}]}, ["items[0].noise_sigma:"]),
     ({"items": [{"type": "lowres", "image": "photo.png", "factor": 0}]}, ["items[0].factor:"]),
     ({"items": [{"type": "lowres", "image": "photo.png", "prompt": "x"}]},
-     ["items[0] (lowres): unknown field 'prompt'", "allowed: active, box, factor, image, name, noise_sigma"]),
-    ({"items": [{"type": "perceptual", "image": "photo.png", "net": 3}]}, ["items[0].net:"]),
+     ["items[0] (lowres): unknown field 'prompt'",
+      "allowed: active, box, factor, image, max_side, name, noise_sigma, operator, refine, weight"]),
+    ({"items": [{"type": "perceptual", "reference": "photo.png", "net": 3}]}, ["items[0].net:"]),
+    ({"items": [{"type": "perceptual", "image": "photo.png"}]}, ["unknown field 'image'", "reference"]),
 ]
 
 
@@ -284,7 +267,7 @@ def test_read_layout_errors(tmp_path):
 
 def test_repaired_polygon_warning_names_the_item():
     bowtie = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]
-    with pytest.warns(UserWarning, match=r"items\[1\]\.polygon: .*not a valid polygon"):
+    with pytest.warns(UserWarning, match=r"items\[1\] \(color\): polygon was not a valid polygon"):
         _, cs = parse_layout({"items": [color(), {"type": "color", "color": "#ffffff", "polygon": bowtie}]})
     assert cs[1].box == pytest.approx((0.1, 0.1, 0.9, 0.9))
 
@@ -293,7 +276,7 @@ def test_missing_default_clip_is_a_clear_error(monkeypatch, tmp_path):
     from infd_solve import pretrained
 
     monkeypatch.setattr(pretrained, "ROOT", tmp_path)
-    with pytest.raises(FileNotFoundError, match="shipped CLIP 'default' is missing"):
+    with pytest.raises(LayoutError, match=r"items\[0\] \(clip\): the shipped CLIP 'default' is missing"):
         parse_layout({"items": [{"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 1]}]})
 
 
@@ -332,7 +315,6 @@ def test_any_valid_box_round_trips(clip, box, position, kind):
     items.insert(position, item)
     s, cs = parse_layout({"items": items}, clip=clip)
     assert cs[position].box == tuple(box)
-    assert s.items[position]["box"] == tuple(box)
     assert isinstance(cs[position], ClipBox if kind == "clip" else ColorMatch)
 
 
@@ -378,15 +360,16 @@ def test_random_polygons_give_a_covering_box_or_a_clear_error(points, position):
 
 
 @HYPOTHESIS
-@given(key=st.text(min_size=1, max_size=12), top=st.booleans(), kind=st.sampled_from(sorted(ITEM_FIELDS)))
+@given(key=st.text(min_size=1, max_size=12), top=st.booleans(), kind=st.sampled_from(sorted(REGISTRY)))
 def test_unknown_fields_are_named_with_the_allowed_ones(key, top, kind):
-    allowed = TOP_FIELDS if top else ITEM_FIELDS[kind]
+    allowed = TOP_FIELDS if top else REGISTRY[kind].layout_fields()
+    assume(key != "type")
     assume(key not in allowed)
     if top:
         layout = {"items": [color()], key: 1}
     else:
-        item = {"type": kind, "prompt": "x", "color": "#ffffff", "image": "x.png"}
-        item = {k: v for k, v in item.items() if k in allowed}
+        item = {"type": kind, "prompt": "x", "color": "#ffffff", "image": "x.png", "reference": "x.png"}
+        item = {k: v for k, v in item.items() if k in allowed or k == "type"}
         layout = {"items": [color(), {**item, key: 1}]}
     message = error_of(layout)
     where = "layout:" if top else f"items[1] ({kind}):"
@@ -399,11 +382,11 @@ def test_unknown_fields_are_named_with_the_allowed_ones(key, top, kind):
        steps=st.sampled_from([1, 2, 10, 25, 50, 100, 250, 1000]), seed=st.integers(0, 2**31),
        scale=st.floats(0, 100), guidance=st.sampled_from(["dps", "x0"]))
 def test_valid_settings_round_trip(canvas, steps, seed, scale, guidance):
-    s, _ = parse_layout({"canvas": canvas, "steps": steps, "seed": seed, "scale": scale, "guidance": guidance,
-                         "items": [color()]})
+    s, _ = parse_layout({"canvas": canvas, "steps": steps, "seed": seed, "guidance_scale": scale,
+                         "guidance": guidance, "items": [color()]})
     assert isinstance(s, LayoutSettings)
     assert s.canvas == ((canvas, canvas) if isinstance(canvas, int) else tuple(canvas))
-    assert (s.steps, s.seed, s.scale, s.guidance) == (steps, seed, scale, guidance)
+    assert (s.steps, s.seed, s.guidance_scale, s.guidance) == (steps, seed, scale, guidance)
 
 
 def test_error_messages_are_regex_safe_and_single_line():

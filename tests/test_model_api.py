@@ -8,7 +8,7 @@ import torch
 import infd_solve
 from infd_solve.sampling import ddim_timesteps
 
-from .conftest import tiny_model
+from .helpers import tiny_model
 
 
 def test_save_load_roundtrip(tmp_path, normalized_model):

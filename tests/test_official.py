@@ -1,6 +1,5 @@
 """Official checkpoints: every fixture tensor reproduced within 1e-4, and the real FFHQ layout accepted."""
 
-import json
 import re
 
 import pytest
@@ -10,7 +9,7 @@ import infd_solve
 from infd_solve.models.official import config_from_official, convert_state_dict
 from infd_solve.rendering import pixel_grid
 
-from .conftest import FIXTURES
+from .helpers import ffhq_layout
 
 TOL = 1e-4
 
@@ -84,20 +83,8 @@ def test_part_parameter_counts(tiny_official):
 
 
 # ---------------------------------------------------------------------------------------------- FFHQ layout
-def _ffhq():
-    text = (FIXTURES / "ffhq_keys.txt").read_text()
-    header = [line[3:] for line in text.splitlines() if line.startswith("#   ")]
-    args = json.loads("\n".join(header))
-    shapes = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, shape, _dtype = line.split("\t")
-            shapes[key] = tuple(json.loads(shape))
-    return args, shapes
-
-
 def test_ffhq_keys_accepted_without_allocating():
-    args, shapes = _ffhq()
+    args, shapes = ffhq_layout()
     config = config_from_official({"name": "infd", "args": args})
     with torch.device("meta"):
         model = infd_solve.INFDModel(config)

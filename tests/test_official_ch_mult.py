@@ -7,7 +7,6 @@ official code itself (the tiny fixture's outputs and key names, the FFHQ key lis
 checkpoints with other channel ladders are loaded through ``load_model`` and compared with it.
 """
 
-import json
 import math
 
 import pytest
@@ -19,8 +18,7 @@ import infd_solve
 from infd_solve.models.autoencoder import ConvStackConfig
 from infd_solve.models.official import CheckpointError, config_from_official
 
-from .conftest import FIXTURES
-from .test_official import _ffhq
+from .helpers import ffhq_layout
 
 TOL = 1e-4
 STACK_DEFAULTS = {"ch": 128, "ch_mult": [1, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], "z_channels": 3,
@@ -327,7 +325,7 @@ def test_reference_reproduces_official_fixture(official_path, reference):
 
 
 def test_reference_has_ffhq_names_and_shapes():
-    args, official = _ffhq()
+    args, official = ffhq_layout()
     with torch.device("meta"):
         parts = {"encoder.": encoder_stack(args["encoder"].get("args", {})),
                  "decoder.": decoder_stack(args["decoder"].get("args", {})), "z_dm_ema.": unet({})}

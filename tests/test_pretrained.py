@@ -7,7 +7,7 @@ import torch
 
 import infd_solve
 from infd_solve import pretrained
-from infd_solve.data import TEST_SEED_OFFSET, render as render_scene, sample_scene
+from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.metrics import area_downsample, psnr
 
 
@@ -16,10 +16,6 @@ def default():
     start = time.perf_counter()
     model = infd_solve.load_model("default")
     return model, time.perf_counter() - start
-
-
-def scene_tensor(seed, size, box=(0, 0, 1, 1)):
-    return torch.from_numpy(render_scene(sample_scene(seed), box, (size, size))[0]).permute(2, 0, 1)[None] * 2 - 1
 
 
 def test_default_loads_offline_in_under_5_seconds(default):

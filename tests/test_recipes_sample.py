@@ -8,14 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import load_recipe
+from .helpers import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def sample_cli():
-    return load_recipe("sample")
+    from infd_solve.cli import sample
+
+    return sample
 
 
 @pytest.fixture(scope="module")

@@ -98,12 +98,12 @@ def test_history_active_window_and_timing(local_model):
 
 def test_loss_plot_keeps_exact_fits(local_model, tmp_path, monkeypatch):
     """A loss of exactly 0 (an exact fit) would vanish from a log axis; the plot switches to symlog."""
-    import infd_solve.solver
+    import infd_solve.viz
 
     result = Solver(local_model, steps=3, scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))], seed=0)
     scales = []
-    save = infd_solve.solver.save_figure
-    monkeypatch.setattr(infd_solve.solver, "save_figure",
+    save = infd_solve.viz.save_figure
+    monkeypatch.setattr(infd_solve.viz, "save_figure",
                         lambda fig, path, **kw: scales.append(fig.axes[0].get_yscale()) or save(fig, path, **kw))
     result.plot_losses(tmp_path / "positive.png")
     result.history["loss"]["Brightness"][-1] = torch.zeros(1)
@@ -212,7 +212,7 @@ def test_inpainting_and_super_resolution_observations_are_met(gaussian_model):
 def test_bad_constraint_inputs(tiny_clip):
     with pytest.raises(ValueError, match="prompt must be a non-empty string"):
         ClipBox("  ", clip=tiny_clip)
-    with pytest.raises(ValueError, match="region=.*outside the canvas"):
+    with pytest.raises(ValueError, match="box=.*outside the canvas"):
         ClipBox("clouds", (0.5, 0.5, 1.5, 1.0), clip=tiny_clip)
     with pytest.raises(ValueError, match=r"16x16 \(height/width 1.000\) but its box"):
         MaskedObservation(torch.zeros(3, 16, 16), box=(0, 0, 1, 0.5))
@@ -221,7 +221,7 @@ def test_bad_constraint_inputs(tiny_clip):
     with pytest.raises(ValueError, match="observes no pixel"):
         MaskedObservation(torch.zeros(3, 8, 8), mask=torch.zeros(8, 8))
     with pytest.raises(ValueError, match="covers no area of the canvas"):
-        ColorMatch("#000000", [(1.5, 1.5), (2, 1.5), (2, 2)])
+        ColorMatch("#000000", polygon=[(1.5, 1.5), (2, 1.5), (2, 2)])
     with pytest.raises(ValueError, match="color must be"):
         ColorMatch("red")
     with pytest.raises(ValueError, match="weight must be a finite number"):
@@ -230,6 +230,12 @@ def test_bad_constraint_inputs(tiny_clip):
         LowResObservation(torch.zeros(3, 8, 8), operator="nearest")
     with pytest.raises(FileNotFoundError, match="no image file at"):
         MaskedObservation("/nonexistent/image.png")
+    with pytest.raises(ValueError, match="give either box or polygon"):
+        ClipBox("clouds", (0, 0, 1, 1), polygon=[(0, 0), (1, 0), (0, 1)], clip=tiny_clip)
+    with pytest.raises(ValueError, match="negative_prompts must be a list"):
+        ClipBox("clouds", clip=tiny_clip, negative_prompts="fog")  # not three prompts 'f', 'o', 'g'
+    with pytest.raises(ValueError, match="active must be"):
+        Brightness(0, (0, 0, 1, 1), active=(0.9, 10.7))  # not silently truncated
 
 
 @pytest.mark.parametrize("mode,expected", [("RGBA", "alpha"), ("P", "mode P"), ("L", "mode L"), ("I;16", "16-bit")])
@@ -296,7 +302,7 @@ def test_polygon_masks_cover_their_area(points):
         except ValueError as e:
             assert "covers no area" in str(e)
             return
-    c = ColorMatch("#000000", geometry, size=(64, 64))
+    c = ColorMatch("#000000", polygon=geometry, size=(64, 64))
     left, top, right, bottom = c.box
     assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
     mask = rasterize(geometry, c.box, (64, 64), samples=4)

@@ -1,4 +1,4 @@
-"""recipes/layout_to_image.py, super_resolution.py and inpaint.py, run in-process on a tiny random model."""
+"""The infd-layout, infd-sr and infd-inpaint commands, run in-process on a tiny random model."""
 
 import json
 import math
@@ -10,25 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import REPO, load_recipe, make_gaussian_model, tiny_model
-from .test_layout import save_tiny_clip
+from .helpers import REPO, make_gaussian_model, save_tiny_clip, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def layout_cli():
-    return load_recipe("layout_to_image")
+    from infd_solve.cli import layout
+
+    return layout
 
 
 @pytest.fixture(scope="module")
 def sr_cli():
-    return load_recipe("super_resolution")
+    from infd_solve.cli import super_resolution
+
+    return super_resolution
 
 
 @pytest.fixture(scope="module")
 def inpaint_cli():
-    return load_recipe("inpaint")
+    from infd_solve.cli import inpaint
+
+    return inpaint
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +94,7 @@ def _layout(tmp_path, inputs, **top):
     layout = {
         "canvas": 2048, "steps": 50, "seed": 1, **top,
         "items": [
-            {"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 0.4], "negative": ["fog"]},
+            {"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 0.4], "negative_prompts": ["fog"]},
             {"type": "clip", "prompt": "a forest", "polygon": [[0, 0.5], [0.4, 0.45], [0.5, 0.8], [0, 0.8]]},
             {"type": "color", "color": "#2255aa", "polygon": [[0.5, 0.8], [1, 0.8], [1, 1], [0.4, 1]], "weight": 0.5},
             {"type": "observation", "image": "in/palette.png", "box": [0.5, 0.4, 1, 0.9],
@@ -168,7 +173,7 @@ def test_layout_recipe_bad_layout_exits_2_naming_the_item(layout_cli, model_dir,
                                           {"type": "color", "color": "#fff000", "box": [0.2, 0, 1.2, 1]}]}))
     assert _exit_code(layout_cli.main, [str(path), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("layout_to_image.py: error: items[1].box:") and "outside the canvas" in err
+    assert err.startswith("infd-layout: error: items[1].box:") and "outside the canvas" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
 
@@ -190,7 +195,7 @@ def test_missing_default_model_or_clip_exits_2(layout_cli, sr_cli, inpaint_cli, 
     path = tmp_path / "l.json"
     path.write_text(json.dumps({"items": [{"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 1]}]}))
     photo = str(inputs / "photo.png")
-    for cli, argv in [(layout_cli, [str(path)]), (sr_cli, [photo, "--scale", "2"]),
+    for cli, argv in [(layout_cli, [str(path)]), (sr_cli, [photo, "--upscale", "2"]),
                       (inpaint_cli, [photo, "--polygon", "0,0 1,0 1,1"])]:
         assert _exit_code(cli.main, argv + ["-o", str(tmp_path / "o.png")]) == 2
         err = capsys.readouterr().err
@@ -224,7 +229,7 @@ def test_layout_recipe_ctrl_c_exits_130(layout_cli, model_dir, inputs, tmp_path,
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(layout_cli.Solver, "solve", interrupted)
+    monkeypatch.setattr("infd_solve.solver.Solver.solve", interrupted)
     assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(tmp_path / "o.png"),
                                         "--steps", "2", "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -235,9 +240,9 @@ def test_layout_recipe_ctrl_c_exits_130(layout_cli, model_dir, inputs, tmp_path,
 # ----------------------------------------------------------------------------------------- super_resolution
 
 
-@pytest.mark.parametrize("operator,target,expected", [("render", ["--scale", "4"], 64),
+@pytest.mark.parametrize("operator,target,expected", [("render", ["--upscale", "4"], 64),
                                                       ("area", ["--size", "40"], 40),
-                                                      ("bicubic", ["--scale", "2.5"], 40)])
+                                                      ("bicubic", ["--upscale", "2.5"], 40)])
 def test_super_resolution_writes_result_compare_and_psnr(sr_cli, model_dir, inputs, tmp_path, capsys,
                                                          operator, target, expected):
     out = tmp_path / "sr" / "big.png"
@@ -259,7 +264,7 @@ def test_super_resolution_consistency_is_measured_on_the_result(sr_cli, model_di
     out = tmp_path / "big.png"
     report = sr_cli.main([str(inputs / "grey16.png"), "--size", "64", "-o", str(out), "--operator", "area",
                           "--factor", "4", "--model", str(model_dir), "--steps", "2", "--no-progress"])
-    from infd_solve.constraint import load_image
+    from infd_solve.io import load_image
     from infd_solve.metrics import psnr
 
     with pytest.warns(UserWarning, match="16-bit"):
@@ -270,7 +275,7 @@ def test_super_resolution_consistency_is_measured_on_the_result(sr_cli, model_di
 
 def test_super_resolution_non_square_input(sr_cli, model_dir, inputs, tmp_path, capsys):
     wide = str(inputs / "wide.png")
-    common = ["--scale", "2", "--model", str(model_dir), "--steps", "2", "--no-progress"]
+    common = ["--upscale", "2", "--model", str(model_dir), "--steps", "2", "--no-progress"]
     assert _exit_code(sr_cli.main, [wide, "-o", str(tmp_path / "a.png"), *common]) == 2
     err = capsys.readouterr().err
     assert "16x24" in err and "square" in err and "--crop" in err and len(err.strip().splitlines()) == 1
@@ -285,11 +290,11 @@ def test_super_resolution_bad_input_exits_2(sr_cli, model_dir, inputs, tmp_path,
     photo = inputs / "photo.png"
     before = photo.read_bytes()
     cases = [
-        ([str(tmp_path / "none.png"), "--scale", "2", "-o", str(tmp_path / "o.png")], "no image file"),
-        ([str(photo), "--scale", "2", "-o", str(photo)], "also an input"),
+        ([str(tmp_path / "none.png"), "--upscale", "2", "-o", str(tmp_path / "o.png")], "no image file"),
+        ([str(photo), "--upscale", "2", "-o", str(photo)], "also an input"),
         ([str(photo), "--size", "16", "-o", str(tmp_path / "o.png")], "between the input side 32"),
-        ([str(photo), "--scale", "2", "-o", str(tmp_path / "o.unknownext")], "unknown image extension"),
-        ([str(inputs / "known.png").replace("known", "nothere"), "--scale", "2"], "no image file"),
+        ([str(photo), "--upscale", "2", "-o", str(tmp_path / "o.unknownext")], "unknown image extension"),
+        ([str(inputs / "known.png").replace("known", "nothere"), "--upscale", "2"], "no image file"),
     ]
     for argv, fragment in cases:
         assert _exit_code(sr_cli.main, argv + common) == 2
@@ -297,9 +302,9 @@ def test_super_resolution_bad_input_exits_2(sr_cli, model_dir, inputs, tmp_path,
         assert fragment in err and len(err.strip().splitlines()) == 1, err
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image")
-    assert _exit_code(sr_cli.main, [str(garbage), "--scale", "2", "-o", str(tmp_path / "o.png"), *common]) == 2
+    assert _exit_code(sr_cli.main, [str(garbage), "--upscale", "2", "-o", str(tmp_path / "o.png"), *common]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert _exit_code(sr_cli.main, [str(photo), "--scale", "0.5", *common]) == 2  # argparse error
+    assert _exit_code(sr_cli.main, [str(photo), "--upscale", "0.5", *common]) == 2  # argparse error
     assert _exit_code(sr_cli.main, [str(photo), *common]) == 2  # neither --size nor --scale
     assert photo.read_bytes() == before
     assert not (tmp_path / "o.png").exists()
@@ -369,7 +374,7 @@ def test_inpaint_bad_input_exits_2(inpaint_cli, model_dir, inputs, tmp_path, cap
     for argv, fragment in cases:
         assert _exit_code(inpaint_cli.main, argv + common) == 2
         err = capsys.readouterr().err
-        errors = [ln for ln in err.splitlines() if not ln.startswith("inpaint.py: note:")]  # notes may precede it
+        errors = [ln for ln in err.splitlines() if not ln.startswith("infd-inpaint: note:")]  # notes may precede it
         assert fragment in err and len(errors) == 1 and "Traceback" not in err, (argv, err)
     assert _exit_code(inpaint_cli.main, [photo, "--polygon", "0,0 1,0 1,1", "--mask", photo] + common) == 2
     mask = inputs / "known.png"
@@ -384,12 +389,14 @@ def test_inpaint_bad_input_exits_2(inpaint_cli, model_dir, inputs, tmp_path, cap
 def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir, tmp_path, monkeypatch, capsys):
     """On a model with an exact N(0, I) latent prior (conftest), guidance raises the printed PSNR over the
     unguided sample of the same seed: the recipe's constraint measures what it claims to."""
-    cli = load_recipe(recipe)
+    import importlib
+
+    cli = importlib.import_module(f"infd_solve.cli.{recipe}")
     monkeypatch.setattr("infd_solve.models.load_model", lambda *a, **k: make_gaussian_model())
     yy, xx = np.mgrid[0:16, 0:16] / 15
     Image.fromarray((np.stack([0.8 * xx + 0.1, 0.5 + 0 * xx, 0.9 - 0.8 * yy], -1) * 255).astype(np.uint8)).save(
         tmp_path / "smooth.png")
-    target = ["--scale", "2"] if recipe == "super_resolution" else ["--polygon", "0.3,0.3 0.7,0.3 0.5,0.7"]
+    target = ["--upscale", "2"] if recipe == "super_resolution" else ["--polygon", "0.3,0.3 0.7,0.3 0.5,0.7"]
     common = [str(tmp_path / "smooth.png"), *target, "--model", str(model_dir), "--steps", "20", "--guidance", "x0",
               "--seed", "0", "--refine-steps", "0", "--no-progress"]  # guidance alone
     free = cli.main(common + ["-o", str(tmp_path / "free.png"), "--guidance-scale", "0"])

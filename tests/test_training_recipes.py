@@ -8,7 +8,7 @@ from PIL import Image
 
 import infd_solve
 
-from .conftest import load_recipe
+from .helpers import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,8 @@ __all__ = [
     "LABELS",
     "Scene",
     "sample_scene",
-    "render",
+    "render_scene",
+    "scene_tensor",
     "caption",
     "label_captions",
     "LandscapeDataset",
@@ -576,7 +577,7 @@ def _check_size(size):
     return int(size[0]), int(size[1])
 
 
-def render(scene: Scene, box=(0.0, 0.0, 1.0, 1.0), size=(256, 256)):
+def render_scene(scene: Scene, box=(0.0, 0.0, 1.0, 1.0), size=(256, 256)):
     """Render ``scene`` over ``box`` = (left, top, right, bottom) in canvas fractions.
 
     Pixel (i, j) is the point x = left + (right-left)(j+0.5)/W, y = top +
@@ -656,7 +657,7 @@ def caption(scene: Scene, box=(0.0, 0.0, 1.0, 1.0), size=(64, 64)) -> str:
     Ground layers covering >= 8 % are named (largest first, at most three); the sky
     is mentioned when it covers >= 10 %, e.g. "snowy peaks under a sunset sky",
     "a lake at night", "clouds in a sunset sky"."""
-    _, lab = render(scene, box, size)
+    _, lab = render_scene(scene, box, size)
     frac = np.bincount(lab.ravel(), minlength=len(LABELS)) / lab.size
     order = np.argsort(-frac, kind="stable")
     ground = [LABELS[i] for i in order if LABELS[i] in _GROUND_PHRASE and frac[i] >= 0.08][:3]
@@ -744,4 +745,14 @@ class LandscapeDataset:
         if (r - l) / W < (1.0 - 1e-9) / res or (b - t) / H < (1.0 - 1e-9) / res:
             raise ValueError(
                 f"size={size!r} over box={box!r} exceeds scene {index}'s max resolution {res}")
-        return render(self.scene(index), (l, t, r, b), (H, W))
+        return render_scene(self.scene(index), (l, t, r, b), (H, W))
+
+
+def scene_tensor(seed: int, size, box=(0.0, 0.0, 1.0, 1.0)):
+    """Scene ``seed`` rendered over ``box`` as a ``1 x 3 x H x W`` torch tensor in [-1, 1] (``size``: S or
+    (H, W)), the convention of the models and solvers."""
+    import torch
+
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    rgb, _ = render_scene(sample_scene(seed), box, size)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1

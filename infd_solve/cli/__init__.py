@@ -1,4 +1,5 @@
-"""What every recipe command line shares: one-line errors, conversion notes, and model paths.
+"""The command-line programs (``infd-layout``, ``infd-sr``, ``infd-inpaint``, ``infd-sample``; also run as
+``python recipes/<name>.py``) and what they share: one-line errors, conversion notes, device and model choice.
 
 Bad input (a missing file, a bad box, a corrupt checkpoint) ends with ``PROG: error: ...`` and exit code 2,
 Ctrl-C with exit code 130 (outputs are written atomically, so nothing is half-written), and every conversion
@@ -21,7 +22,7 @@ def fail(prog: str, message: str, code: int = 2):
 
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
-    from .models import CheckpointError
+    from ..models import CheckpointError
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
@@ -36,7 +37,7 @@ def user_errors(prog: str) -> Iterator[None]:
 
 def add_solver_arguments(parser) -> None:
     """The flags every guided recipe shares: model, steps, seed, guidance, eta, tiling, device, progress."""
-    from .sampling import GUIDANCE_MODES
+    from ..sampling import GUIDANCE_MODES
 
     parser.add_argument("--model", default="default",
                         help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
@@ -96,7 +97,7 @@ def resolve_device(name=None):
 def load_sampling_model(path, device=None):
     """The model at ``path`` in eval mode on ``device`` (see :func:`resolve_device`); a clear error if it has
     no diffusion denoiser."""
-    from .models import load_model
+    from ..models import load_model
 
     model = load_model(path, device=resolve_device(device)).eval()
     if model.unet is None:
@@ -106,7 +107,7 @@ def load_sampling_model(path, device=None):
 
 def solver_from_arguments(model, args):
     """A :class:`~infd_solve.Solver` from the flags of :func:`add_solver_arguments`."""
-    from .solver import Solver
+    from ..solver import Solver
 
     return Solver(model, steps=args.steps, eta=args.eta, guidance=args.guidance, scale=args.guidance_scale,
                   refine_steps=args.refine_steps, progress=not args.no_progress)
@@ -114,26 +115,26 @@ def solver_from_arguments(model, args):
 
 def model_path(name_or_path: str) -> Path:
     """The directory of a shipped model name (clear error if missing), or the path as given."""
-    from . import pretrained
+    from .. import pretrained
 
     return pretrained.model_dir(name_or_path) if name_or_path in pretrained.NAMES else Path(name_or_path)
 
 
-def output_paths(source: Path, out: str | None, default_suffix: str) -> tuple[Path, Path]:
-    """The result path (default ``outputs/STEM_SUFFIX.png``) and its ``_compare.png`` figure."""
+def output_path(path) -> Path:
+    """An output image path, checked before any work: its extension must be one PIL writes."""
     from PIL import Image
 
-    out = Path(out) if out else Path("outputs") / f"{source.stem}_{default_suffix}.png"
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"output {out}: unknown image extension {out.suffix!r}; use .png")
-    return out, out.with_name(f"{out.stem}_compare.png")
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"output {path}: unknown image extension {path.suffix!r}; use .png")
+    return path
 
 
 def report_table(table: dict, json_path: Path, **meta) -> None:
     """Print an evaluation table (metric, value) and write it with ``meta`` as JSON, atomically."""
     import json
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     width = max(map(len, table))
     print(f"\n{'metric'.ljust(width)}  value")
