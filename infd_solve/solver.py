@@ -148,18 +148,21 @@ class Solver:
         self.normalize, self.max_grad_norm = options["normalize"], options["max_grad_norm"]
         self.refine_steps, self.refine_lr = options["refine_steps"], options["refine_lr"]
 
-    def objective(self, constraints: Sequence[Constraint]):
-        """``(z0_hat, i, t) -> (per-sample loss, {name: per-sample loss})`` for :func:`sample_guided`."""
+    def objective(self, constraints: Sequence[Constraint], patches: Callable | None = None):
+        """``(z0_hat, i, t) -> (per-sample loss, {name: per-sample loss})`` for :func:`sample_guided`.
+
+        ``patches(phi, constraints)`` gives each active constraint its patch; by default each renders its own
+        box at its own grid (benchmarks pass other ways, e.g. cropping one render of the whole canvas)."""
+        patches = patches or (lambda phi, active: [self.model.render(phi, c.size, c.box) for c in active])
 
         def evaluate(z0: torch.Tensor, i: int, t: int):
             active = [c for c in constraints if c.is_active(t)]
             total = z0.new_zeros(z0.shape[0])
             if not active:
                 return total, {}
-            phi = self.model.decode(z0 / self.model.config.latent_scale)
             terms = {}
-            for c in active:
-                loss = c.loss(self.model.render(phi, c.size, c.box))
+            for c, patch in zip(active, patches(self.model.decode(self.model.unscale(z0)), active)):
+                loss = c.loss(patch)
                 terms[c.name] = loss.detach()
                 total = total + c.weight * (loss.clamp_min(0).add(1e-12).sqrt() if self.normalize else loss)
             return total, terms
@@ -229,7 +232,7 @@ class Solver:
                           self.scale, self.guidance, self.eta, generator, self.max_grad_norm, record, self.progress)
         if refine_steps:
             z = refine_latent(z, self.objective(refined), refine_steps, self.refine_lr, record, self.progress)
-        z = z.detach() / model.config.latent_scale
+        z = model.unscale(z.detach())
         with torch.no_grad():
             phi = model.decode(z)
         history["loss"] = {name: [None if v is None else v.cpu() for v in values]

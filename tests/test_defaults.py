@@ -15,6 +15,8 @@ from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.metrics import psnr
 from infd_solve.regions import CANVAS
 
+pytestmark = pytest.mark.slow  # the shipped model, real solves at realistic sizes
+
 KNOWN = shapely.difference(CANVAS, shapely.box(0.3, 0.3, 0.7, 0.7))
 
 

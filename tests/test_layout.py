@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation
-from infd_solve.constraints import REGISTRY
+from infd_solve import checks
+from infd_solve.constraints import REGISTRY, Constraint
 from infd_solve.layout import TOP_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
 from infd_solve.solver import Solver
 
@@ -155,6 +156,45 @@ def test_shipped_examples_parse(name, clip):
     if name == "landscape_2048":
         assert [c.prompt for c in cs] == ["clouds", "snowy mountains", "a forest", "a lake"]
         assert cs[2].geometry is not None and cs[2].label == "a forest"
+
+
+class Vignette(Constraint):
+    """A constraint defined outside the library, as a user would: one class, no edit anywhere else."""
+
+    layout_type = "test-vignette"
+
+    def __init__(self, darkness: float, box=None, polygon=None, **kwargs):
+        super().__init__(box=box, polygon=polygon, size=(8, 8), **{"name": f"vignette:{darkness}"} | kwargs)
+        self.darkness = checks.number(darkness, "darkness", 0.0, 1.0)
+
+    def loss(self, patch):
+        return (patch.mean((1, 2, 3)) + self.darkness).square()
+
+
+def test_a_new_constraint_works_in_layouts_solves_reports_and_overlays(tmp_path):
+    layout = {"canvas": 64, "items": [{"type": "test-vignette", "darkness": 0.5, "polygon": [[0, 0], [1, 0], [0, 1]],
+                                       "weight": 2, "active": [0, 999]}, color()]}
+    settings, (c, _) = parse_layout(layout)
+    assert isinstance(c, Vignette) and (c.darkness, c.weight, c.active) == (0.5, 2.0, (0, 999))
+    assert c.geometry is not None and c.box == (0.0, 0.0, 1.0, 1.0)
+    # the constructor's own checks, reported at the item's field; unknown fields name the allowed ones
+    assert error_of({"items": [{"type": "test-vignette", "darkness": 3}]}).startswith(
+        "items[0].darkness: must be a finite number >= 0 and <= 1")
+    assert "allowed: active, box, darkness, name, polygon, refine, weight" in error_of(
+        {"items": [{"type": "test-vignette", "darkness": 0.1, "size": 4}]})
+    assert error_of({"items": [{"type": "test-vignette"}]}).startswith("items[0].darkness: missing")
+    model = tiny_model(normalize=False)
+    result = Solver(model, steps=2, progress=False).solve([c], seed=0)
+    assert set(result.report()["vignette:0.5"]) == {"loss"}
+    from infd_solve.viz import plot_layout
+
+    image = result.save(tmp_path / "out.png", 64)
+    assert plot_layout(image, settings.canvas, [c], tmp_path / "overlay.png").stat().st_size > 0
+
+
+def test_layout_types_are_unique():
+    with pytest.raises(TypeError, match="layout type 'clip' .* is already taken"):
+        type("Impostor", (Constraint,), {"layout_type": "clip", "loss": lambda self, patch: patch.mean()})
 
 
 # ----------------------------------------------------------------------------------------- validation

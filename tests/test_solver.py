@@ -31,7 +31,7 @@ def final_loss(result, name):
 
 
 @pytest.mark.parametrize("guidance", ["dps", "x0"])
-@pytest.mark.parametrize("steps", [25, 200])
+@pytest.mark.parametrize("steps", [25, pytest.param(200, marks=pytest.mark.slow)])
 def test_guidance_lowers_the_loss_against_unguided(gaussian_model, guidance, steps):
     """DDIM at few and at many steps, both guidance modes, same seeds with and without guidance."""
     box = (0.25, 0.25, 0.75, 0.75)
@@ -59,6 +59,7 @@ def test_sample_does_not_depend_on_its_batch(gaussian_model):
     assert not torch.allclose(batch.latent[0], batch.latent[2])
 
 
+@pytest.mark.slow
 def test_refinement_fits_the_observation_and_keeps_samples_independent(gaussian_model, tmp_path):
     """Data consistency after sampling: the final loss drops, each sample still ignores its batch, and the
     history marks where refinement starts."""

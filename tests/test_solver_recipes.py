@@ -139,6 +139,7 @@ def test_layout_recipe_writes_image_overlay_and_losses(layout_cli, model_dir, cl
     _no_temporaries(tmp_path)
 
 
+@pytest.mark.slow
 def test_layout_recipe_batch_seed_and_non_square_canvas(layout_cli, model_dir, inputs, tmp_path, capsys):
     layout = {"canvas": 64, "steps": 2, "items": [{"type": "color", "color": "#ffffff", "box": [0, 0, 0.5, 1]},
                                                  {"type": "lowres", "image": "in/grey16.png"}]}
@@ -328,6 +329,7 @@ def test_inpaint_polygon_fills_the_polygon(inpaint_cli, model_dir, inputs, tmp_p
     _no_temporaries(tmp_path)
 
 
+@pytest.mark.slow
 def test_inpaint_mask_and_inverted_mask(inpaint_cli, model_dir, inputs, tmp_path, capsys):
     common = ["--model", str(model_dir), "--steps", "2", "--no-progress"]
     photo, known = str(inputs / "photo.png"), str(inputs / "known.png")

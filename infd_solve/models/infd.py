@@ -194,6 +194,10 @@ class INFDModel(nn.Module):
         timesteps = ddim_timesteps(steps, self.scheduler.config.num_train_timesteps)
         with torch.no_grad():
             z = sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)
+        return self.unscale(z)
+
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent of the denoiser's space (``z * latent_scale``, what samplers see) in the decoder's units."""
         return z / self.config.latent_scale
 
     # ------------------------------------------------------------------------------------------- utilities
