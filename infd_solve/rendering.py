@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .io import to_uint8
+
 if TYPE_CHECKING:  # rendering sits below models in the import graph
     from .models.renderer import CLIFRenderer
 
@@ -160,8 +162,17 @@ class _GridNorm:
         return g.view_as(h) * self.layer.weight.view(shape) + self.layer.bias.view(shape)
 
 
+def _check_tiling(mode: str, tile: int, pad: int) -> None:
+    if mode not in RENDER_MODES:
+        raise ValueError(f"mode must be one of {RENDER_MODES}, got {mode!r}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+
+
 @torch.no_grad()
-def render_image(
+def render_bands(
     renderer: CLIFRenderer,
     phi: torch.Tensor,
     size: tuple[int, int],
@@ -169,8 +180,12 @@ def render_image(
     pad: int = 8,
     mode: str = "exact",
     progress: bool = False,
-) -> torch.Tensor:
-    """Render the full canvas at ``size`` in tiles, with memory bounded by the tile size.
+    uint8: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The full canvas at ``size``, as ``(first row, B x 3 x rows x W band)`` pairs from top to bottom, one band
+    of tiles at a time: memory is bounded by one band, whatever the canvas (writers stream bands to files).
+    ``uint8``: bands are ``B x rows x W x 3`` 8-bit pixels on the CPU instead (each tile converted as it is
+    rendered, clamped and rounded as images are saved), a quarter of the memory.
 
     ``mode="exact"``: equals one :func:`render_box` call over the whole grid. A local renderer needs one pass
     (each tile extended by the receptive radius); a normalizing one gathers each GroupNorm's statistics over
@@ -178,17 +193,10 @@ def render_image(
     ``mode="official"``: the official sampler's patchwise procedure: each tile extended by ``pad`` (clipped at
     the border) is rendered and normalized on its own, and its centre kept.
     """
-    if mode not in RENDER_MODES:
-        raise ValueError(f"mode must be one of {RENDER_MODES}, got {mode!r}")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    _check_tiling(mode, tile, pad)
     height, width = size
     batch = phi.shape[0]
-    out = torch.empty(batch, 3, height, width, dtype=phi.dtype, device=phi.device)
     tiles = list(_tiles(height, width, tile))
-
     if mode == "official":
         margin, norms = pad, []
     else:
@@ -204,18 +212,44 @@ def render_image(
 
         return apply
 
+    def window(r0, r1, c0, c1, stage):
+        rows, cols, centre = _window((r0, r1, c0, c1), margin, size)
+        coord, cell = pixel_grid(FULL_CANVAS, size, rows, cols, phi.device, phi.dtype)
+        return renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)[(..., *centre)]
+
     bar = tqdm(total=len(tiles) * (len(norms) + 1), desc=f"render {height}x{width}", disable=not progress)
-    for stage in range(len(norms) + 1):  # one statistics pass per norm layer, then the output pass
+    for stage in range(len(norms)):  # one statistics pass per norm layer
         for r0, r1, c0, c1 in tiles:
-            rows, cols, centre = _window((r0, r1, c0, c1), margin, size)
-            coord, cell = pixel_grid(FULL_CANVAS, size, rows, cols, phi.device, phi.dtype)
             try:
-                window = renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)
-                out[:, :, r0:r1, c0:c1] = window[(..., *centre)]
+                window(r0, r1, c0, c1, stage)
             except _StatsCollected:
                 pass
             bar.update()
-        if stage < len(norms):
-            norms[stage].finish()
+        norms[stage].finish()
+    for r0 in range(0, height, tile):  # then the output, band by band
+        r1 = min(r0 + tile, height)
+        if uint8:
+            band = torch.empty(batch, r1 - r0, width, 3, dtype=torch.uint8)
+        else:
+            band = torch.empty(batch, 3, r1 - r0, width, dtype=phi.dtype, device=phi.device)
+        for c0 in range(0, width, tile):
+            c1 = min(c0 + tile, width)
+            pixels = window(r0, r1, c0, c1, len(norms))
+            if uint8:
+                band[:, :, c0:c1] = to_uint8(pixels)
+            else:
+                band[..., c0:c1] = pixels
+            bar.update()
+        yield r0, band
     bar.close()
+
+
+def render_image(renderer: CLIFRenderer, phi: torch.Tensor, size: tuple[int, int], tile: int = 256, pad: int = 8,
+                 mode: str = "exact", progress: bool = False) -> torch.Tensor:
+    """The full canvas at ``size`` as one tensor, rendered in tiles (:func:`render_bands`): only the output
+    grows with the canvas."""
+    _check_tiling(mode, tile, pad)
+    out = torch.empty(phi.shape[0], 3, *size, dtype=phi.dtype, device=phi.device)
+    for r0, band in render_bands(renderer, phi, size, tile, pad, mode, progress):
+        out[:, :, r0 : r0 + band.shape[2]] = band
     return out

@@ -16,10 +16,10 @@ import torch
 
 from . import checks
 from .constraints.base import Constraint
-from .io import save_image
+from .io import check_output, save_image, write_png
 from .metrics import psnr
 from .models.infd import INFDModel
-from .rendering import FULL_CANVAS, check_box
+from .rendering import FULL_CANVAS, check_box, check_size
 from .sampling import GUIDANCE_MODES, ddim_timesteps, initial_noise, refine_latent, sample_guided
 
 
@@ -46,13 +46,21 @@ class Result:
                 return self.model.render_image(self.field, size, tile=tile)
             return self.model.render(self.field, size, box)
 
-    def save(self, path: str | Path, size, tile: int = 256) -> list[Path]:
-        """Write the canvas at ``size`` as PNG (atomically); a batch writes ``stem_0.png``, ``stem_1.png``, ..."""
-        path = Path(path)
-        images = self.render(size, tile=tile)
-        if len(images) == 1:
-            return [save_image(images[0], path)]
-        return [save_image(img, path.with_name(f"{path.stem}_{i}{path.suffix}")) for i, img in enumerate(images)]
+    def save(self, path: str | Path, size, tile: int = 256, progress: bool = False) -> list[Path]:
+        """Write the canvas at ``size`` to ``path`` (atomically; a batch writes ``stem_0.png``, ``stem_1.png``,
+        ...). A PNG is rendered and compressed one band of tiles at a time, so memory does not grow with the
+        canvas; other formats are rendered whole first. The path is checked before any rendering."""
+        path, size = check_output(path), check_size(size)
+        paths = [path] if len(self.field) == 1 else \
+            [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(len(self.field))]
+        for k, out in enumerate(paths):
+            field = self.field[k : k + 1]
+            if out.suffix.lower() == ".png":
+                bands = self.model.render_bands(field, size, tile=tile, progress=progress, uint8=True)
+                write_png(out, *size, (band[0].numpy() for _, band in bands))
+            else:
+                save_image(self.model.render_image(field, size, tile=tile, progress=progress)[0], out)
+        return paths
 
     def report(self) -> dict[str, dict[str, list[float]]]:
         """``{constraint name: {measure: per-sample values}}`` on the result: each constraint's box rendered at

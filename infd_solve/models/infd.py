@@ -154,6 +154,14 @@ class INFDModel(nn.Module):
         self._check_field(phi)
         return rendering.render_image(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress)
 
+    def render_bands(self, phi: torch.Tensor, size, tile: int = 256, pad: int = 8, mode: str = "exact",
+                     progress: bool = False, uint8: bool = False):
+        """The whole canvas at ``size`` as ``(first row, band)`` pairs, top to bottom (see
+        :func:`rendering.render_bands`): for writing canvases larger than memory."""
+        self._check_field(phi)
+        return rendering.render_bands(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress,
+                                      uint8)
+
     # ------------------------------------------------------------------------------------------- diffusion
     def _require_unet(self) -> UNet2DModel:
         if self.unet is None:
