@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 
+from .. import checks
 from ..rendering import FULL_CANVAS, Box, check_box, check_size
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, type["Constraint"]] = {}  # layout "type" -> constraint class
 BASE_LAYOUT_FIELDS = ("box", "weight", "active", "name", "refine")  # what every layout item may set
+MAX_WEIGHT = 1e6
+MAX_GRID_PIXELS = 4096 * 4096  # one constraint's render grid, with gradients, must fit in memory
 
 
 class Constraint:
@@ -56,6 +59,7 @@ class Constraint:
     layout_paths: ClassVar[tuple[str, ...]] = ()
     default_weight: ClassVar[float] = 1.0
     refine: bool = False
+    batch: int = 1  # how many samples the constraint's data covers (observations of several images: one each)
     input_files: tuple[Path, ...] = ()  # files the constraint read (outputs must never overwrite them)
     overlay_linestyle: ClassVar[str] = "-"  # how layout overlays draw the region (observations: dashed)
 
@@ -85,11 +89,9 @@ class Constraint:
         else:
             self.geometry = None
             self.box = FULL_CANVAS if box is None else check_box(box)
-        self.size: tuple[int, int] = check_size(size)
-        weight = self.default_weight if weight is None else weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        self.weight = float(weight)
+        self.size: tuple[int, int] = check_size(size, "size", MAX_GRID_PIXELS)
+        # bounded: a huge weight overflows the step, and the sample is lost rather than guided
+        self.weight = checks.number(self.default_weight if weight is None else weight, "weight", 0.0, MAX_WEIGHT)
         if active is not None:
             values = list(active) if isinstance(active, (list, tuple)) else None
             if (values is None or len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in values)
@@ -196,8 +198,7 @@ class Constraint:
 # ------------------------------------------------------------------------------------ shared by observations
 def working_grid(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """``size`` scaled down (aspect kept) so that neither side exceeds ``max_side``; unchanged if it fits."""
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
-        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    max_side = checks.integer(max_side, "max_side", 1, 4096)
     h, w = size
     if max(h, w) <= max_side:
         return h, w

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import torch
 
-from .base import Constraint
+from .. import checks
+from ..rendering import check_size
+from .base import MAX_GRID_PIXELS, MAX_WEIGHT, Constraint
 
 
 def view_count(aspect: float, max_views: int, tolerance: float = 1.1) -> int:
@@ -41,11 +43,8 @@ class ClipBox(Constraint):
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         if isinstance(negative_prompts, str) or not all(isinstance(p, str) and p.strip() for p in negative_prompts):
             raise ValueError(f"negative_prompts must be a list of non-empty strings, got {negative_prompts!r}")
-        if isinstance(negative_weight, bool) or not isinstance(negative_weight, (int, float)) \
-                or not math.isfinite(negative_weight) or negative_weight < 0:
-            raise ValueError(f"negative_weight must be a finite number >= 0, got {negative_weight!r}")
-        if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 1:
-            raise ValueError(f"max_views must be an int >= 1, got {max_views!r}")
+        negative_weight = checks.number(negative_weight, "negative_weight", 0.0, MAX_WEIGHT)
+        max_views = checks.integer(max_views, "max_views", 1, 64)
         try:
             canvas_h, canvas_w = (float(v) for v in canvas)
         except (TypeError, ValueError):
@@ -63,7 +62,8 @@ class ClipBox(Constraint):
         self.views = view_count(aspect, max_views)
         # n views cover n squares: a longer box is squashed by the remainder (at most 10 % below max_views)
         s, long_side = clip.size, round(clip.size * min(aspect, self.views))
-        self.size = self.score_size = (s, long_side) if width >= height else (long_side, s)
+        self.size = self.score_size = check_size((s, long_side) if width >= height else (long_side, s), "size",
+                                                 MAX_GRID_PIXELS)
         self.prompt, self.clip, self.negative_weight = prompt, clip, float(negative_weight)
         with torch.no_grad():
             self.text = clip.encode_text([prompt])

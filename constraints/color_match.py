@@ -6,7 +6,7 @@ import torch
 
 from ..regions import rasterize
 from ..rendering import check_size
-from .base import Constraint
+from .base import MAX_GRID_PIXELS, Constraint
 
 
 def color_label(color) -> str:
@@ -49,7 +49,7 @@ class ColorMatch(Constraint):
             left, top, right, bottom = self.box
             h, w = (bottom - top) * canvas[0], (right - left) * canvas[1]
             size = (max(4, round(self.GRID * h / max(h, w))), max(4, round(self.GRID * w / max(h, w))))
-        self.size = self.score_size = check_size(size)
+        self.size = self.score_size = check_size(size, "size", MAX_GRID_PIXELS)
         self.target, self.color = target, color
         self.mask = rasterize(self.geometry, self.box, self.size) if self.geometry is not None \
             else torch.ones(1, 1, *self.size)

@@ -37,12 +37,12 @@ class LowResObservation(Constraint):
     def __init__(self, image, box=None, noise_sigma: float = 0.0, operator: str = "area",
                  factor: int | None = None, max_side: int = 256, **kwargs):
         checks.choice(operator, "operator", OPERATORS)
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int) or factor < 1):
-            raise ValueError(f"factor must be a positive int or None, got {factor!r}")
-        if not noise_sigma >= 0:
-            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
+        if factor is not None:
+            factor = checks.integer(factor, "factor", 1, 16)
+        noise_sigma = checks.number(noise_sigma, "noise_sigma", 0.0, 2.0)
         self.input_files = files_of(image)
         y = load_image(image, "image")
+        self.batch = y.shape[0]
         grid = working_grid(tuple(y.shape[-2:]), max_side)
         if operator == "render":
             factor = 1

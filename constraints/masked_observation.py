@@ -34,6 +34,7 @@ class MaskedObservation(Constraint):
         self.input_files = files_of(image) + files_of(mask)
         self._label = file_label("observation", files_of(image))
         y = load_image(image, "image")
+        self.batch = y.shape[0]
         full = tuple(y.shape[-2:])
         super().__init__(box=box, size=working_grid(full, max_side), **{"name": "observation"} | kwargs)
         check_aspect(y, self.box, "image")

@@ -21,6 +21,7 @@ class PerceptualMatch(Constraint):
     def __init__(self, reference, box=None, net: str = "vgg", metric=None, **kwargs):
         self.input_files = files_of(reference)
         y = load_image(reference, "reference")
+        self.batch = y.shape[0]
         super().__init__(box=box, size=tuple(y.shape[-2:]), **{"name": "perceptual"} | kwargs)
         check_aspect(y, self.box, "reference")
         self.reference = y

@@ -42,7 +42,7 @@ def number(value, name: str, low: float | None = 0.0, high: float | None = None,
         if high is not None:
             bounds.append(f"<= {high:g}")
         raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
-                         f"got {_shown(value)}")
+                         f"got {shown(value)}")
     return float(value)
 
 
@@ -53,25 +53,26 @@ def integer(value, name: str, low: int | None = 0, high: int | None = None) -> i
             or (low is not None and value < low) or (high is not None and value > high):
         bounds = " ".join(b for b in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None
                                       else "") if b)
-        raise ValueError(f"{name} must be an integer{' ' + bounds if bounds else ''}, got {_shown(value)}")
+        raise ValueError(f"{name} must be an integer{' ' + bounds if bounds else ''}, got {shown(value)}")
     return int(value)
 
 
 def boolean(value, name: str) -> bool:
     value = _plain(value)
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {_shown(value)}")
+        raise ValueError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def choice(value, name: str, options) -> str:
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {_shown(value)}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {shown(value)}")
     return value
 
 
-def _shown(value, limit: int = 200) -> str:
-    """``repr`` of a value, shortened: a 400-digit number or a huge list must not flood a one-line error."""
+def shown(value, limit: int = 80) -> str:
+    """``repr`` of a value for an error message, shortened: a 400-digit number or a huge list must not flood
+    a one-line error."""
     try:
         text = repr(value)
     except (ValueError, RecursionError):  # e.g. ints past Python's digit limit

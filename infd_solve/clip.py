@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 def _checkpoint_error(message: str) -> Exception:
     # Imported lazily: infd_solve.models pulls in diffusers, which load_clip does not need.
-    from .models.official import CheckpointError
+    from .checkpoints import CheckpointError
 
     return CheckpointError(message)
 
@@ -259,8 +259,12 @@ def _build(open_clip, model_name: str, pretrained: str | None, weights: Path, **
     except (FileNotFoundError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # safetensors / pickle / zip / state-dict mismatch errors all end up here
+        from .checkpoints import error_detail, refuse_unsafe
+
+        if weights.suffix.lower() != ".safetensors":
+            refuse_unsafe(weights, e, "CLIP weights file")
         size = weights.stat().st_size if weights.is_file() else 0
-        detail = "file is empty (0 bytes)" if size == 0 else f"{type(e).__name__}: {e}"
+        detail = "file is empty (0 bytes)" if size == 0 else f"{type(e).__name__}: {error_detail(e)}"
         raise _checkpoint_error(
             f"{weights}: cannot load open_clip weights for {model_name!r} (corrupt, truncated, or made for another "
             f"architecture?): {str(detail)[:600]}") from None
@@ -310,6 +314,10 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
         weights = _find_weights(path)
         if weights.suffix == ".safetensors":
             _check_safetensors(weights)
+        else:
+            from .checkpoints import refuse_unsafe
+
+            refuse_unsafe(weights, None, "CLIP weights")
         if model_name is not None:
             warnings.warn(f"model_name={model_name!r} is ignored: the architecture comes from {config_path}",
                           stacklevel=2)
@@ -335,6 +343,10 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
             raise _checkpoint_error(f"{path} is empty (0 bytes)")
         if path.suffix.lower() == ".safetensors":  # cheap header check before building a possibly big model
             _check_safetensors(path)
+        else:  # a pickle that references code is refused before open_clip touches it
+            from .checkpoints import refuse_unsafe
+
+            refuse_unsafe(path, None, "CLIP weights")
         # A sibling open_clip_config.json (a local-dir export loaded by file) carries the right statistics.
         sibling = path.parent / CONFIG_FILE
         if "image_mean" not in force and "image_std" not in force and sibling.is_file():

@@ -114,7 +114,7 @@ def unknown_field(key, allowed) -> ValueError:
     close = [a for a in names if len(key_text) >= 3 and (key_text in a or a in key_text)][:1] or \
         difflib.get_close_matches(key_text, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown field {checks._shown(key)}{hint}; allowed: {', '.join(sorted(allowed))}")
+    return ValueError(f"unknown field {checks.shown(key, 200)}{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
 def read_layout(path: str | Path) -> dict:
@@ -166,7 +166,7 @@ def _settings(obj: dict, source: Path | None) -> dict:
         if "batch_size" in obj:
             out["batch_size"] = checks.integer(obj["batch_size"], "batch_size", 1)
         if "description" in obj and not isinstance(obj["description"], str):
-            raise ValueError(f"description must be a string, got {checks._shown(obj['description'])}")
+            raise ValueError(f"description must be a string, got {checks.shown(obj['description'])}")
         given = {option: obj[key] for key, option in SOLVER_FIELDS.items() if key in obj}
         options = check_options(**given)
     except ValueError as e:
@@ -190,14 +190,14 @@ def _build_item(raw, i: int, context: LayoutContext):
     at = f"items[{i}]"
     if not isinstance(raw, dict):
         raise LayoutError(f"{at}: an item is a JSON object like {{\"type\": \"clip\", \"prompt\": ..., \"box\": ...}}, "
-                          f"got {checks._shown(raw)}")
+                          f"got {checks.shown(raw)}")
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in REGISTRY:
         if "type" not in raw:
             raise LayoutError(f"{at}: missing field 'type'; one of {', '.join(sorted(REGISTRY))}")
         close = difflib.get_close_matches(kind, list(REGISTRY), n=1) if isinstance(kind, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise LayoutError(f"{at}.type: unknown type {checks._shown(kind)}{hint}; allowed: {', '.join(sorted(REGISTRY))}")
+        raise LayoutError(f"{at}.type: unknown type {checks.shown(kind)}{hint}; allowed: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[kind]
     fields = {k: v for k, v in raw.items() if k != "type"}
     with warnings.catch_warnings(record=True) as caught:
@@ -238,7 +238,7 @@ def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None, dev
         raise LayoutError("items: missing; a layout needs a list of items (constraints)")
     raw_items = obj["items"]
     if not isinstance(raw_items, list) or not raw_items:
-        raise LayoutError(f"items: must be a non-empty list of item objects, got {checks._shown(raw_items)}")
+        raise LayoutError(f"items: must be a non-empty list of item objects, got {checks.shown(raw_items)}")
     base = Path(base_dir) if base_dir is not None else (source.parent if source else Path.cwd())
     context = LayoutContext(values.get("canvas", LayoutSettings.canvas), base, clip, device)
 

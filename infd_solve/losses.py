@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import CheckpointError, load_torch_file
+
 # torchvision's file names for the ImageNet backbones lpips uses.
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
@@ -44,12 +46,13 @@ def load_lpips(net: str = "vgg", device=None) -> nn.Module:
 
     path = lpips_backbone_path(net)
     features = (torchvision.models.vgg16() if net == "vgg" else torchvision.models.alexnet()).features
+    state = load_torch_file(path, f"LPIPS {net} backbone")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         # lpips uses the convolutional features only; the classifier weights may be absent
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
     except Exception as e:  # noqa: BLE001 - any failure here means the file is not that backbone
-        raise ValueError(f"{path} is not torchvision's ImageNet {net} weights file ({e})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not torchvision's ImageNet {net} weights file ({first})") from None
     with warnings.catch_warnings():  # lpips builds its backbone with torchvision's deprecated pretrained= flag
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
         metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # random backbone: nothing is fetched

@@ -1,4 +1,4 @@
-"""Measuring peak memory of a block of code on CPU (peak RSS) or CUDA, for the benchmark recipes."""
+"""Memory: what a device has available, and the peak memory of a block of code on CPU (peak RSS) or CUDA."""
 
 from __future__ import annotations
 
@@ -98,3 +98,19 @@ class PeakMemory:
             peak = max(peak, _proc_status_kb("VmHWM") or 0)
         self.peak = max(0, peak - self._base)
         return False
+
+
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (CUDA: free memory; CPU: the kernel's MemAvailable),
+    or None where that cannot be known."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                m = re.search(r"^MemAvailable:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+            return int(m.group(1)) * 1024 if m else None
+        except OSError:
+            return None
+    return None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .checks import shown
 from .io import to_uint8
 
 if TYPE_CHECKING:  # rendering sits below models in the import graph
@@ -28,34 +29,58 @@ RENDER_MODES = ("exact", "official")
 
 
 def check_box(box: Sequence[float], name: str = "box") -> Box:
-    """Validate a box in canvas fractions and return it as four floats."""
-    try:
-        values = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be four numbers (left, top, right, bottom), got {box!r}") from None
-    if len(values) != 4:
-        raise ValueError(f"{name} must be four numbers (left, top, right, bottom), got {box!r}")
+    """Validate a box in canvas fractions (a list, tuple or array of four real numbers; not a string, not
+    booleans) and return it as four floats."""
+    import numbers
+
+    import numpy as np
+
+    values = None
+    if isinstance(box, (list, tuple)) or (isinstance(box, (np.ndarray, torch.Tensor)) and box.ndim == 1):
+        items = [v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v for v in box]
+        if len(items) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+            try:
+                values = tuple(float(v) for v in items)
+            except OverflowError:  # an int beyond float range
+                values = (math.inf,) * 4
+    if values is None:
+        raise ValueError(f"{name} must be four numbers (left, top, right, bottom), got {shown(box)}")
     left, top, right, bottom = values
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name}={box!r} contains NaN or inf")
+        raise ValueError(f"{name}={shown(box)} contains NaN or inf")
     if min(values) < 0 or max(values) > 1:
-        raise ValueError(f"{name}={box!r} lies outside the canvas: every value must be in [0, 1]")
+        raise ValueError(f"{name}={shown(box)} lies outside the canvas: every value must be in [0, 1]")
     if right <= left or bottom <= top:
-        raise ValueError(f"{name}={box!r} is inverted or has zero area: need left < right and top < bottom")
+        raise ValueError(f"{name}={shown(box)} is inverted or has zero area: need left < right and top < bottom")
     return values
 
 
-def check_size(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
-    """Validate ``size`` (an int or ``(height, width)``) and return ``(height, width)``."""
-    pair = (size, size) if isinstance(size, (int,)) and not isinstance(size, bool) else size
-    try:
-        h, w = pair
-        ok = all(int(v) == v and v > 0 for v in (h, w)) and not any(isinstance(v, bool) for v in (h, w))
-    except (TypeError, ValueError):
-        ok = False
+MAX_GRID_SIDE = 65536  # pixels per side of any grid; also bounds the arithmetic on it
+
+
+def check_size(size: int | Sequence[int], name: str = "size", max_pixels: int | None = None) -> tuple[int, int]:
+    """Validate ``size`` (an int or ``(height, width)`` of ints, numpy ints included) and return
+    ``(height, width)``; ``max_pixels`` bounds ``height * width``."""
+    import numbers
+
+    def plain(v):
+        return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
+
+    size_value = plain(size)
+    pair = (size_value, size_value) if isinstance(size_value, numbers.Integral) else size
+    ok = False
+    if isinstance(pair, (list, tuple)) or (hasattr(pair, "ndim") and getattr(pair, "ndim") == 1):
+        items = [plain(v) for v in pair]
+        ok = len(items) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                                     for v in items)
     if not ok:
-        raise ValueError(f"{name} must be a positive int or (height, width) of positive ints, got {size!r}")
-    return int(h), int(w)
+        raise ValueError(f"{name} must be a positive int or (height, width) of positive ints, got {shown(size)}")
+    h, w = (int(v) for v in items)
+    if max(h, w) > MAX_GRID_SIDE:
+        raise ValueError(f"{name}={shown((h, w))} is larger than {MAX_GRID_SIDE} pixels per side")
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(f"{name}={(h, w)} is {h * w} pixels, more than the {max_pixels} allowed here")
+    return h, w
 
 
 def pixel_grid(

@@ -8,6 +8,7 @@ weighted per-sample losses. :func:`infd_solve.sampling.sample_guided` does the s
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -73,6 +74,22 @@ class Result:
                 out[c.name] = {k: v.double().cpu().tolist() for k, v in scores.items()}
         return out
 
+    def never_guided(self) -> dict[str, list[int]]:
+        """Per constraint, the samples it never guided: at no sampling step was it active with a finite loss
+        while that sample's guidance was applied (an infinite weight or a bad observation skips every step)."""
+        out = {}
+        steps = self.history.get("sampling_steps", len(self.history["timesteps"]))
+        batch = len(self.latent)
+        for name, values in self.history["loss"].items():
+            guided = torch.zeros(batch, dtype=torch.bool)
+            for loss, skipped in zip(values[:steps], self.history["skipped"][:steps]):
+                if loss is not None:
+                    step = torch.isfinite(loss).expand(batch).clone()
+                    step[skipped] = False
+                    guided |= step
+            out[name] = (~guided).nonzero().flatten().tolist()
+        return out
+
     def constraint_gaps(self) -> dict[str, torch.Tensor]:
         """PSNR (dB, per sample) between what each constraint saw (its box rendered alone) and the same pixels
         of the whole canvas rendered on that constraint's pixel lattice (one exact tiled render).
@@ -104,6 +121,20 @@ class Result:
 DEFAULT_REFINE_STEPS = 100
 
 
+def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
+    """A rough upper estimate of the memory one sample needs in a guided step: the decoder's activations at
+    the field's size and, per constraint, the renderer's over its grid (with the receptive halo), kept for
+    the backward pass. Meant to refuse impossible requests early, not to plan memory to the byte."""
+    renderer = model.config.renderer
+    c, h, w = model.config.z_shape
+    field = model.config.decoder.block_out_channels[0] * (h * model.config.decoder.downsampling) * \
+        (w * model.config.decoder.downsampling)
+    layers = 4 * (renderer.num_res_blocks + 1)  # maps the backward pass keeps per conv layer, generously
+    halo = 2 * getattr(model.renderer, "receptive_radius", 0)
+    pixels = sum((ch + halo) * (cw + halo) for ch, cw in (con.size for con in constraints))
+    return 4 * (20 * field + layers * renderer.hidden_channels * pixels) + 2**20
+
+
 def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, max_grad_norm=None,
                   refine_steps=None, refine_lr=0.05, num_train_timesteps: int = 1000) -> dict:
     """The :class:`Solver` options, checked (``ValueError`` starting with the option's name) and normalized;
@@ -117,7 +148,7 @@ def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, 
         "steps": steps, "timesteps": timesteps,
         "eta": checks.number(eta, "eta", 0.0, 1.0),  # > 1 makes the DDIM variance negative
         "guidance": checks.choice(guidance, "guidance", GUIDANCE_MODES),
-        "scale": checks.number(scale, "scale"),
+        "scale": checks.number(scale, "scale", 0.0, 1e6),
         "normalize": checks.boolean(normalize, "normalize"),
         "max_grad_norm": None if max_grad_norm is None else checks.number(max_grad_norm, "max_grad_norm",
                                                                           strict=True),
@@ -206,6 +237,11 @@ class Solver:
                 raise ValueError(f"constraint {c.name!r} is active for t in {list(c.active)}, but none of the "
                                  f"{len(ts)} sampling timesteps ({shown}) falls in it, so it would never guide; "
                                  "widen its window or take more steps")
+        for c in constraints:  # observations of several images guide one sample each
+            if c.batch not in (1, batch_size):
+                raise ValueError(f"constraint {c.name!r} holds {c.batch} observations but batch_size={batch_size}; "
+                                 f"pass batch_size={c.batch}, or one observation")
+        self._check_memory(constraints, batch_size)
         refined = [c for c in constraints if c.refine]
         refine_steps = self.refine_steps
         if refine_steps is None:
@@ -246,4 +282,22 @@ class Solver:
         history["loss"] = {name: [None if v is None else v.cpu() for v in values]
                            for name, values in history["loss"].items()}
         history["skipped"] = [s.nonzero().flatten().tolist() for s in history["skipped"]]
-        return Result(model, z, phi, constraints, history)
+        result = Result(model, z, phi, constraints, history)
+        unguided = {name: samples for name, samples in result.never_guided().items() if samples}
+        if unguided:
+            warnings.warn("guidance never happened for " + "; ".join(
+                f"{name!r} (samples {samples})" for name, samples in unguided.items()) + ": its loss or gradient was "
+                "never finite; check its weight and data (Result.never_guided())", RuntimeWarning, stacklevel=2)
+        return result
+
+    def _check_memory(self, constraints: Sequence[Constraint], batch_size: int) -> None:
+        """Refuse, before any work, a guided step that cannot fit in the device's memory."""
+        from .profiling import available_memory
+
+        per_sample = guidance_bytes(self.model, constraints)
+        available = available_memory(self.model.device)
+        if available is not None and batch_size * per_sample > available:
+            raise ValueError(
+                f"batch_size={batch_size} with these constraints needs about {batch_size * per_sample / 2**30:.1f} GB "
+                f"for one guided step ({per_sample / 2**20:.0f} MB per sample), but {available / 2**30:.1f} GB are "
+                f"available on {self.model.device}; use a smaller batch or smaller constraint grids")

@@ -47,11 +47,42 @@ class _Payload:
         return (open, (self.marker, "w"))  # would create the marker file if unpickled
 
 
-def test_pickle_with_code_is_refused_and_not_executed(tmp_path):
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))  # torch blocks the whole module, with another message
+
+
+def _code_carrying_files(tmp_path, marker):
+    """Every way a file can carry code: torch zip checkpoints and raw pickles of each protocol."""
+    import pickle
+
+    files = []
+    for name, payload in (("open", _Payload(str(marker))), ("system", _System(marker))):
+        torch.save({"model": payload}, tmp_path / f"{name}.pth")
+        files.append(tmp_path / f"{name}.pth")
+        for protocol in (0, 2, 4, 5):
+            path = tmp_path / f"{name}_raw{protocol}.pt"
+            path.write_bytes(pickle.dumps({"model": payload}, protocol=protocol))
+            files.append(path)
+    return files
+
+
+def test_every_code_carrying_file_is_refused_as_unsafe_and_not_executed(tmp_path, monkeypatch):
+    from infd_solve.clip import load_clip
+    from infd_solve.losses import load_lpips
+
     marker = tmp_path / "executed"
-    torch.save({"model": _Payload(str(marker))}, tmp_path / "evil.pth")
-    with pytest.raises(UnsafeCheckpointError, match="evil.pth: its pickle references Python code"):
-        infd_solve.load_model(tmp_path / "evil.pth")
+    for path in _code_carrying_files(tmp_path, marker):
+        monkeypatch.setenv("INFD_LPIPS_BACKBONE", str(path))
+        for load in (infd_solve.load_model, lambda p: load_clip(p, model_name="ViT-B-32"), lambda p: load_lpips()):
+            with pytest.raises(UnsafeCheckpointError, match=f"{path.name}: its pickle references Python code") as e:
+                load(path)
+            assert "weights_only" not in str(e.value)  # never the advice to disable the safe loader
     assert not marker.exists()
 
 

@@ -37,7 +37,7 @@ def test_lpips_loads_a_local_backbone_file(tmp_path, monkeypatch):
     assert constraint.loss(a[:1]).item() < 1e-6 < constraint.loss(b[:1]).item()
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     monkeypatch.setenv("INFD_LPIPS_BACKBONE", str(tmp_path / "bad.pth"))
-    with pytest.raises(ValueError, match="bad.pth is not torchvision's ImageNet alex weights file"):
+    with pytest.raises(ValueError, match="bad.pth: not a PyTorch checkpoint"):
         load_lpips("alex")
 
 

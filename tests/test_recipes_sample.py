@@ -104,9 +104,10 @@ def test_output_equal_to_model_is_refused(sample_cli, official_path, tiny_offici
 
 
 def test_ctrl_c_exits_130_without_half_written_files(sample_cli, official_path, tmp_path, monkeypatch, capsys):
+    import infd_solve.io
     from infd_solve.io import atomic_path
 
-    real_save, calls = sample_cli.save_image, []
+    real_save, calls = infd_solve.io.save_image, []
 
     def interrupted_save(image, path):
         calls.append(path)
@@ -116,7 +117,7 @@ def test_ctrl_c_exits_130_without_half_written_files(sample_cli, official_path, 
                 raise KeyboardInterrupt
         return real_save(image, path)
 
-    monkeypatch.setattr(sample_cli, "save_image", interrupted_save)
+    monkeypatch.setattr(infd_solve.io, "save_image", interrupted_save)
     with pytest.raises(SystemExit) as e:
         _run(sample_cli, official_path, tmp_path / "out", "--num", "2")
     assert e.value.code == 130

@@ -8,6 +8,7 @@ warning (image mode, polygon repair) is shown to the user as ``PROG: note: ...``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import warnings
@@ -15,24 +16,46 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _printable(text: str) -> str:
+    """Text any terminal can print (lone surrogates and the like escaped, never a crash while reporting)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def fail(prog: str, message: str, code: int = 2):
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {_printable(message)}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: ...`` and exit code 2, without the usage block."""
+
+    def error(self, message):
+        fail(self.prog, f"{message} (see {self.prog} --help)")
 
 
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
-    from ..models import CheckpointError
-
+    """Bad input (``ValueError``, including layout and checkpoint errors; a missing file; an unwritable output)
+    ends with one line and exit code 2, Ctrl-C with exit code 130; warnings become ``PROG: note: ...``."""
     with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = lambda message, *a, **k: print(f"{prog}: note: {message}", file=sys.stderr)
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *a, **k: print(f"{prog}: note: {_printable(message)}", file=sys.stderr)
         try:
             yield
-        except (FileNotFoundError, ValueError, CheckpointError) as e:  # CheckpointError and LayoutError too
+        except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, CheckpointError, LayoutError
             fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except MemoryError:
+            fail(prog, "out of memory; use a smaller size, batch or tile")
         except KeyboardInterrupt:
             fail(prog, "interrupted; every file written so far is complete, none is half-written", 130)
+
+
+def guidance_failures(result, prog: str) -> None:
+    """Exit with code 3 (after the outputs are written) when some constraint never guided some sample."""
+    failed = {name: samples for name, samples in result.never_guided().items() if samples}
+    if failed:
+        fail(prog, "guidance never happened for " + "; ".join(f"{n!r} (samples {s})" for n, s in failed.items())
+             + ": its loss or gradient was never finite; the outputs show unguided samples", 3)
 
 
 def add_solver_arguments(parser) -> None:

@@ -22,20 +22,20 @@ code 2, Ctrl-C with 130.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, load_sampling_model, model_path, output_path,
-               solver_from_arguments, user_errors)
+from . import (Parser, add_solver_arguments, check_solver_arguments, guidance_failures, load_sampling_model,
+               model_path, output_path, solver_from_arguments, user_errors)
 
 PROG = "infd-inpaint"
 MAX_SIZE = 32768
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = PROG) -> Parser:
+    import argparse
+
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="the image with a region to fill")
     region = p.add_mutually_exclusive_group(required=True)
     region.add_argument("--mask", help="mask image of the input's size: white = known, black = fill")
@@ -102,17 +102,18 @@ def run(args) -> dict:
     whole = written[0] if tuple(box) != FULL_CANVAS else None
     written.append(plot_inpainting(constraint.image, constraint.image_mask, on_box, compare, whole, box))
     print(written[-1])
+    guidance_failures(result, args.prog)
     return {"written": written, "psnr": value, "canvas": canvas, "known_fraction": known}
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "psnr", "canvas", "known_fraction"}``. Exit 2 on bad input, 130
     on Ctrl-C."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    args.prog = prog
-    _check_args(parser, args)
-    with user_errors(prog):
+    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        args.prog = prog
+        _check_args(parser, args)
         return run(args)
 
 

@@ -22,19 +22,20 @@ file ends with a one-line error and exit code 2; Ctrl-C with exit code 130.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from . import load_sampling_model, model_path, output_path, resolve_device, user_errors
+from . import (Parser, guidance_failures, load_sampling_model, model_path, output_path, resolve_device,
+               user_errors)
 
 PROG = "infd-layout"
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> Parser:
+    import argparse
+
     from ..sampling import GUIDANCE_MODES
 
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("layout", help="layout JSON file")
     p.add_argument("-o", "--out", default=None, help="output image (default outputs/LAYOUT_NAME.png)")
     p.add_argument("--model", default="default",
@@ -116,15 +117,17 @@ def run(parser, args) -> dict:
     written.append(result.plot_losses(losses))
     print(written[-1])
     report["written"] = written
+    guidance_failures(result, args.prog)
     return report
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "measures"}`` (``measures``: :meth:`Result.report`). Exit code 2
     on bad input, 130 on Ctrl-C."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    with user_errors(prog):
+    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        args.prog = prog
         return run(parser, args)
 
 

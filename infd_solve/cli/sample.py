@@ -24,23 +24,19 @@ an invalid option ends with a one-line error and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from ..io import image_grid, refuse_overwriting_inputs, save_image
-from ..rendering import RENDER_MODES, check_size
-from ..sampling import ddim_timesteps
-from . import load_sampling_model, model_path, user_errors
+from . import Parser, load_sampling_model, model_path, user_errors
 
 PROG = "infd-sample"
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = PROG) -> Parser:
+    import argparse
+
+    from ..rendering import RENDER_MODES
+
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default",
                    help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
     p.add_argument("--num", type=int, default=4, help="number of samples (default 4)")
@@ -60,7 +56,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(parser: argparse.ArgumentParser, args) -> tuple[int, int]:
+def _check_args(parser: Parser, args) -> tuple[int, int]:
+    from ..rendering import check_size
+    from ..sampling import ddim_timesteps
+
     if len(args.size) not in (1, 2):
         parser.error(f"--size takes S or H W, got {len(args.size)} numbers")
     size = tuple(args.size) * (2 if len(args.size) == 1 else 1)
@@ -79,6 +78,12 @@ def _check_args(parser: argparse.ArgumentParser, args) -> tuple[int, int]:
 
 
 def run(args, size: tuple[int, int]) -> list[Path]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..io import image_grid, refuse_overwriting_inputs, save_image
+    from ..sampling import ddim_timesteps
+
     out_dir = Path(args.out)
     names = [f"sample_{args.seed + i:05d}.png" for i in range(args.num)]
     outputs = [out_dir / n for n in names] + ([out_dir / "grid.png"] if args.num > 1 else [])
@@ -119,11 +124,10 @@ def run(args, size: tuple[int, int]) -> list[Path]:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> list[Path]:
     """Run the command; returns the written paths. Exits with code 2 on a bad model/argument, 130 on Ctrl-C."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    size = _check_args(parser, args)
-    with user_errors(prog):
-        return run(args, size)
+    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        return run(args, _check_args(parser, args))
 
 
 if __name__ == "__main__":

@@ -24,23 +24,23 @@ exit code 2, Ctrl-C with 130.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, load_sampling_model, model_path, output_path,
-               solver_from_arguments, user_errors)
+from . import (Parser, add_solver_arguments, check_solver_arguments, guidance_failures, load_sampling_model,
+               model_path, output_path, solver_from_arguments, user_errors)
 
 PROG = "infd-sr"
 MAX_SIZE = 32768
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> Parser:
+    import argparse
+
     from ..constraints.lowres_observation import OPERATORS
 
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="low-resolution image (square, or use --crop)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--size", type=int, help="output side in pixels (the canvas is square)")
@@ -107,16 +107,17 @@ def run(args) -> dict:
           f"on the {n}x{n} input grid")
     written.append(plot_super_resolution(y, written[0], compare))
     print(written[-1])
+    guidance_failures(result, args.prog)
     return {"written": written, "psnr": value, "size": size}
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "psnr", "size"}``. Exit code 2 on bad input, 130 on Ctrl-C."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    args.prog = prog
-    _check_args(parser, args)
-    with user_errors(prog):
+    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        args.prog = prog
+        _check_args(parser, args)
         return run(args)
 
 

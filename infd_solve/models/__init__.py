@@ -2,6 +2,6 @@
 
 from .infd import INFDConfig, INFDModel
 from .loading import load_model
-from .official import CheckpointError, UnsafeCheckpointError
+from ..checkpoints import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["INFDConfig", "INFDModel", "load_model", "CheckpointError", "UnsafeCheckpointError"]

@@ -44,7 +44,13 @@ class INFDConfig:
     latent_scale: float = 1.0
 
     def __post_init__(self):
-        self.z_shape = tuple(int(v) for v in self.z_shape)
+        from .. import checks
+
+        if not isinstance(self.z_shape, (list, tuple)) or len(self.z_shape) != 3:
+            raise ValueError(f"z_shape must be (channels, height, width), got {checks.shown(self.z_shape)}")
+        self.z_shape = tuple(checks.integer(v, "z_shape", 1) for v in self.z_shape)
+        self.ddim_eta = checks.number(self.ddim_eta, "ddim_eta", 0.0, 1.0)
+        self.latent_scale = checks.number(self.latent_scale, "latent_scale", strict=True)
         for name in ("encoder", "decoder"):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, ConvStackConfig(**getattr(self, name)))
@@ -196,9 +202,12 @@ class INFDModel(nn.Module):
         ``eta`` defaults to the checkpoint's (official: 1.0). ``generator`` may be one generator or one per
         sample; ``noise`` (B x C x h x w) fixes the start.
         """
+        from .. import checks
+
         self._require_unet()
+        batch_size = checks.integer(batch_size, "batch_size", 1)
+        eta = self.config.ddim_eta if eta is None else checks.number(eta, "eta", 0.0, 1.0)
         x = initial_noise((batch_size, *self.config.z_shape), generator, noise, self.device, self.dtype)
-        eta = self.config.ddim_eta if eta is None else float(eta)
         timesteps = ddim_timesteps(steps, self.scheduler.config.num_train_timesteps)
         with torch.no_grad():
             z = sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)

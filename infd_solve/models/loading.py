@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .infd import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, INFDConfig, INFDModel
-from .official import CheckpointError, load_official
+from ..checkpoints import CheckpointError
+from .official import load_official
 
 OFFICIAL_HINT = (
     "Official INFD checkpoints (e.g. the FFHQ model of yinboc/infd) are downloaded by you on a machine with "
@@ -58,13 +59,16 @@ def load_pretrained(directory: str | Path) -> INFDModel:
         raise CheckpointError(f"{config_path} is not an infd-solve model config (no \"format\": \"{FORMAT_NAME}\")")
     try:
         config = INFDConfig.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: invalid model config: {e}") from None
+        model = INFDModel(config)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - wrong types anywhere in the JSON surface as all sorts of errors
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{config_path}: invalid model config ({type(e).__name__}: {first[:300]})") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
-    model = INFDModel(config)
     load_checked_state_dict(model, state, weights_path)
     return model.eval()
 
@@ -77,6 +81,14 @@ def load_model(path_or_name: str | Path, ema: bool = True, device: str | torch.d
     """
     from .. import pretrained
 
+    if not isinstance(path_or_name, (str, Path)):
+        raise ValueError(f"path_or_name must be 'default', a directory or a checkpoint path, got "
+                         f"{type(path_or_name).__name__}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if isinstance(path_or_name, str) and path_or_name in pretrained.NAMES:
         path = pretrained.model_dir(path_or_name)
     else:

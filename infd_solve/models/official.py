@@ -9,13 +9,12 @@ numerics) is described in ``tests/fixtures/FORMAT.md``.
 
 from __future__ import annotations
 
-import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 
+from ..checkpoints import CheckpointError, UnsafeCheckpointError, load_torch_file  # noqa: F401 (re-exported)
 from .autoencoder import ConvStackConfig
 from .infd import INFDConfig
 from .renderer import RendererConfig
@@ -23,41 +22,9 @@ from .renderer import RendererConfig
 TRAINING_ONLY_PREFIXES = ("perc_loss.", "disc.")  # LPIPS and discriminator: training losses only
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable INFD checkpoint (missing, empty, corrupt, foreign or mismatched)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose pickle would construct arbitrary Python objects (it could run code)."""
-
-
-# ------------------------------------------------------------------------------------------------- reading
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not an official INFD checkpoint file (.pth)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        message = str(e)
-        if "Unsupported global" in message:  # a GLOBAL opcode: the pickle wants to import a callable
-            detail = next(ln.strip() for ln in message.splitlines() if "Unsupported global" in ln)
-            detail = detail.split("Unsupported global: ")[-1].split(" was not")[0]
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: its pickle references Python code ({detail}), which weights-only "
-                "loading does not allow; nothing from the file was executed. Official INFD checkpoints contain "
-                "only tensors and plain containers."
-            ) from None
-        detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), message.splitlines()[0])
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: truncated or corrupt PyTorch checkpoint ({first})") from None
+    """An official checkpoint file read safely (:func:`infd_solve.checkpoints.load_torch_file`)."""
+    return load_torch_file(path, "official INFD checkpoint")
 
 
 def _spec(spec, what: str, expected: str, path) -> dict:
