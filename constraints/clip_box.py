@@ -64,6 +64,9 @@ class ClipBox(Constraint):
         s, long_side = clip.size, round(clip.size * min(aspect, self.views))
         self.size = self.score_size = check_size((s, long_side) if width >= height else (long_side, s), "size",
                                                  MAX_GRID_PIXELS)
+        clip.check_prompt(prompt)
+        for negative in negative_prompts:
+            clip.check_prompt(negative, "negative_prompts")
         self.prompt, self.clip, self.negative_weight = prompt, clip, float(negative_weight)
         with torch.no_grad():
             self.text = clip.encode_text([prompt])

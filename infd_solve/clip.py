@@ -93,6 +93,24 @@ class ClipModel:
         """``len(prompts) x D`` unit-norm text features."""
         return encode_text(self, prompts)
 
+    def check_prompt(self, prompt: str, name: str = "prompt") -> str:
+        """``prompt`` if this CLIP can read it: valid text (``ValueError`` otherwise); a warning says what is
+        kept when it is longer than the text context."""
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} is not valid text: {prompt[e.start:e.end]!r} at position {e.start} "
+                             "(a lone surrogate?)") from None
+        context = getattr(self.tokenizer, "context_length", None)
+        encode = getattr(self.tokenizer, "encode", None)
+        if context and callable(encode):
+            tokens = encode(prompt)
+            if len(tokens) + 2 > context:  # start and end tokens take two places
+                kept = self.tokenizer.decode(tokens[: context - 2]) if hasattr(self.tokenizer, "decode") else "?"
+                warnings.warn(f"{name} {prompt!r} is {len(tokens)} tokens; this CLIP reads {context - 2}, so it "
+                              f"sees only {kept.strip()!r}", stacklevel=3)
+        return prompt
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``B x D`` unit-norm image features of ``B x 3 x H x W`` images in [-1, 1]; differentiable."""
         return encode_image(self, images)

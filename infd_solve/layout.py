@@ -51,6 +51,7 @@ SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "sc
                  "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps"}
 CONTEXT_ARGUMENTS = ("clip", "canvas")  # constructor arguments the layout supplies, not its items
 MAX_CANVAS = 32768
+MAX_ITEMS = 256
 
 
 class LayoutError(ValueError):
@@ -239,6 +240,8 @@ def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None, dev
     raw_items = obj["items"]
     if not isinstance(raw_items, list) or not raw_items:
         raise LayoutError(f"items: must be a non-empty list of item objects, got {checks.shown(raw_items)}")
+    if len(raw_items) > MAX_ITEMS:  # every item renders and backpropagates at every step
+        raise LayoutError(f"items: {len(raw_items)} items, more than the {MAX_ITEMS} a layout may have")
     base = Path(base_dir) if base_dir is not None else (source.parent if source else Path.cwd())
     context = LayoutContext(values.get("canvas", LayoutSettings.canvas), base, clip, device)
 

@@ -72,6 +72,7 @@ def plot_layout(images: Sequence, canvas: tuple[int, int], constraints, path: st
             face = getattr(c, "label_color", (1.0, 1.0, 1.0))  # a colour item's label sits on its target colour
             luminance = 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2]
             label = f"{k}: {c.label}" + (f" (w={c.weight:g})" if c.weight != c.default_weight else "")
+            label = label.encode("utf-8", "backslashreplace").decode("utf-8")  # nothing unprintable in a figure
             ax.text(left + 0.005, top + 0.005, label, fontsize=9, va="top", ha="left",
                     color="black" if luminance > 0.5 else "white",
                     bbox={"facecolor": face, "edgecolor": colour, "alpha": 0.85, "boxstyle": "round,pad=0.2"})
