@@ -33,8 +33,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ClipModel", "load_clip", "encode_image", "encode_text", "CONFIG_FILE", "WEIGHTS_FILE", "OPENAI_MEAN",
-           "OPENAI_STD"]
+__all__ = ["ClipModel", "load_clip", "save_clip", "zero_shot", "encode_image", "encode_text", "CONFIG_FILE",
+           "WEIGHTS_FILE", "OPENAI_MEAN", "OPENAI_STD"]
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -396,3 +396,36 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
         model = model.to(device)
     return ClipModel(model=model, tokenizer=tokenizer, mean=mean, std=std, size=_square_size(cfg["size"], path),
                      name=name, resize_mode=str(cfg.get("resize_mode", "shortest")))
+
+
+def save_clip(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, directory: str | os.PathLike) -> Path:
+    """Write an open_clip model as a directory :func:`load_clip` (and open_clip's ``local-dir:``) reads:
+    ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``, its own statistics included) and the weights
+    in float16 safetensors; each file atomically."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    directory = Path(directory)
+    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "infd-solve"})
+    with atomic_path(directory / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n")
+    return directory
+
+
+def zero_shot(clip: ClipModel, images: torch.Tensor, labels: torch.Tensor, prompts: Sequence[str],
+              batch: int = 256) -> tuple[float, dict[int, dict]]:
+    """Top-1 zero-shot accuracy of ``clip`` classifying ``images`` (``N x 3 x H x W`` in [-1, 1]) among
+    ``prompts`` (class k is ``prompts[k]``) against ``labels``; and ``{k: {"n", "accuracy"}}`` per class."""
+    with torch.no_grad():
+        text = clip.encode_text(list(prompts))
+        features = torch.cat([clip.encode_image(images[i : i + batch].to(clip.device))
+                              for i in range(0, len(images), batch)])
+    predicted = (features @ text.T).argmax(-1).cpu()
+    labels = torch.as_tensor(labels).cpu()
+    per_class = {k: {"n": int(m.sum()), "accuracy": float((predicted[m] == k).float().mean())}
+                 for k in range(len(prompts)) if (m := labels == k).any()}
+    return float((predicted == labels).float().mean()), per_class

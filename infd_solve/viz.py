@@ -184,3 +184,27 @@ def image_rows(rows: Sequence[tuple[str, Sequence]], titles: Sequence[str], path
                 ax.set_title(f"{label}: {titles[c]}" if c == 0 else titles[c], fontsize=8)
     fig.tight_layout()
     return save_figure(fig, Path(path), dpi=dpi)
+
+
+def plot_training(history: dict, path: str | Path, title: str, log: bool = True) -> Path:
+    """Training curves: ``history`` maps ``"step"`` to the logged steps and each loss name to its values
+    (lists of equal length), smoothed over about 1 % of the run; log axis by default."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in history.items():
+        if name == "step" or not len(values):
+            continue
+        v = np.asarray(values, dtype=float)
+        k = max(1, len(v) // 100)
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+        ax.plot(list(history["step"])[k - 1 :][: len(smooth)], smooth, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, Path(path), dpi=100)

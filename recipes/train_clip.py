@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -44,13 +43,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from infd_solve.data import landscapes as L
+from infd_solve.clip import WEIGHTS_FILE, load_clip, save_clip, zero_shot
 from infd_solve.io import atomic_path
+from infd_solve.viz import plot_training
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "pretrained" / "default" / "clip"
 STATE_FILE = "train_state.pt"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 
 # heads of the vision tower = width / head_width (64 by default): 192 -> 3 heads.
 # The text token embedding (49408 x width) dominates the size: width 64 keeps the fp16 file near 10 MB.
@@ -232,74 +231,6 @@ def to_input(images_u8: np.ndarray, mean, std, flip: np.ndarray | None = None) -
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def _publish(path: Path) -> None:
-    """atomic_path creates files 0600 (mkstemp); shipped files should be readable like any other (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
-def export(model, model_cfg: dict, preprocess_cfg: dict, out: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in model.state_dict().items()}
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "infd-solve recipes/train_clip.py"})
-    with atomic_path(out / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n")
-    _publish(out / WEIGHTS_FILE)
-    _publish(out / CONFIG_FILE)
-
-
-def zero_shot(out: Path, n: int, device: str):
-    """Top-1 zero-shot accuracy of the exported model on ``n`` held-out dominant-label crops."""
-    from infd_solve.clip import load_clip
-
-    clip = load_clip(out, device=device)
-    images, labels = eval_crops(n, clip.size)
-    prompts = L.label_captions()
-    with torch.no_grad():
-        text = clip.encode_text([prompts[name] for name in L.LABELS])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        feats = torch.cat([clip.encode_image(x[i:i + 256]) for i in range(0, len(x), 256)])
-    pred = (feats @ text.T).argmax(-1).cpu().numpy()
-    per_class = {}
-    for k, name in enumerate(L.LABELS):
-        m = labels == k
-        if m.any():
-            per_class[name] = {"n": int(m.sum()), "accuracy": float((pred[m] == k).mean())}
-    return float((pred == labels).mean()), per_class
-
-
-def plot_losses(losses: list, path: Path, prompt_losses: list = ()) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="loss")
-    if len(losses) >= 10:
-        k = max(5, len(losses) // 40)
-        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
-    if len(prompt_losses) >= 10:
-        k = max(5, len(prompt_losses) // 40)
-        ax.plot(np.arange(k, len(prompt_losses) + 1), np.convolve(prompt_losses, np.ones(k) / k, mode="valid"),
-                lw=1.2, label="prompt loss (mean)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("domain CLIP training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> dict:
     import open_clip
     from open_clip.model import CLIP
@@ -399,8 +330,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     preprocess_cfg = {"size": size, "mean": list(mean), "std": list(std), "interpolation": "bicubic",
                       "resize_mode": "squash"}
-    export(model, model_cfg, preprocess_cfg, out)
-    accuracy, per_class = zero_shot(out, args.eval_crops, args.device)
+    save_clip(model, model_cfg, preprocess_cfg, out)
+    exported = load_clip(out, device=args.device)  # scored as users will load it
+    images, labels = eval_crops(args.eval_crops, exported.size)
+    accuracy, per_label = zero_shot(exported, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+                                    torch.from_numpy(labels), [L.label_captions()[name] for name in L.LABELS])
+    per_class = {L.LABELS[k]: v for k, v in per_label.items()}
     final = float(np.mean(losses[-20:]))
     log = {
         "command": command,
@@ -423,9 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with atomic_path(out / "train_log.json") as tmp:
         tmp.write_text(json.dumps(log, indent=2) + "\n")
-    plot_losses(losses, out / "loss_curve.png", prompt_losses)
-    _publish(out / "train_log.json")
-    _publish(out / "loss_curve.png")
+    curves = {"step": list(range(1, len(losses) + 1)), "loss": losses}
+    if len(prompt_losses) == len(losses):
+        curves["prompt loss"] = prompt_losses
+    plot_training(curves, out / "loss_curve.png", "domain CLIP training", log=False)
     if args.keep_state:
         save_state()
     else:
