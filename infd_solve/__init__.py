@@ -25,10 +25,10 @@ _API = {
 __all__ = list(_API)
 
 if TYPE_CHECKING:
-    from .clip import load_clip
-    from .constraints import Constraint
-    from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model
-    from .solver import Result, Solver
+    from .clip import load_clip  # noqa: F401
+    from .constraints import Constraint  # noqa: F401
+    from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model  # noqa: F401
+    from .solver import Result, Solver  # noqa: F401
 
 
 def __getattr__(name: str):

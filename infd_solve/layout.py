@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks
-from .rendering import check_size
+from .rendering import MAX_CANVAS, check_size
 
 __all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout"]
 
@@ -50,7 +50,6 @@ TOP_FIELDS = ("canvas", "seed", "steps", "guidance", "guidance_scale", "eta", "b
 SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "scale", "eta": "eta",
                  "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps"}
 CONTEXT_ARGUMENTS = ("clip", "canvas")  # constructor arguments the layout supplies, not its items
-MAX_CANVAS = 32768
 MAX_ITEMS = 256
 
 

@@ -12,9 +12,10 @@ import torch
 MB = 2**20
 
 
-def _proc_status_kb(field: str) -> int | None:
+def _proc_status_kb(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``field: N kB`` line of a /proc file, in bytes (None where there is no such file or line)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
         return int(m.group(1)) * 1024 if m else None
     except OSError:
@@ -107,10 +108,5 @@ def available_memory(device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                m = re.search(r"^MemAvailable:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-            return int(m.group(1)) * 1024 if m else None
-        except OSError:
-            return None
+        return _proc_status_kb("MemAvailable", "/proc/meminfo")
     return None

@@ -56,6 +56,7 @@ def check_box(box: Sequence[float], name: str = "box") -> Box:
 
 
 MAX_GRID_SIDE = 65536  # pixels per side of any grid; also bounds the arithmetic on it
+MAX_CANVAS = 32768  # pixels per side of a canvas a command or layout will render
 
 
 def check_size(size: int | Sequence[int], name: str = "size", max_pixels: int | None = None) -> tuple[int, int]:

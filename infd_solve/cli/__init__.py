@@ -33,6 +33,21 @@ class Parser(argparse.ArgumentParser):
         fail(self.prog, f"{message} (see {self.prog} --help)")
 
 
+def new_parser(prog: str, doc: str) -> Parser:
+    """A command's parser: one-line errors, the first paragraph of its docstring as description."""
+    return Parser(prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_command(build_parser, run, argv, prog: str):
+    """What every command's ``main`` does: parse, then ``run(parser, args)``, with one-line errors; inside
+    :func:`user_errors`, so Ctrl-C during the (lazy, heavy) imports ends quietly too."""
+    with user_errors(prog):
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        args.prog = prog
+        return run(parser, args)
+
+
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Bad input (``ValueError``, including layout and checkpoint errors; a missing file; an unwritable output)
@@ -141,6 +156,28 @@ def model_path(name_or_path: str) -> Path:
     from .. import pretrained
 
     return pretrained.model_dir(name_or_path) if name_or_path in pretrained.NAMES else Path(name_or_path)
+
+
+def observation_outputs(args, source: Path, suffix: str, inputs=()) -> tuple[Path, Path, Path]:
+    """For the observation commands: the result path (default ``outputs/STEM_SUFFIX.png``), its
+    ``_compare.png`` figure and the model file, all checked before any work (outputs never overwrite inputs)."""
+    from ..io import refuse_overwriting_inputs
+
+    out = output_path(args.out or Path("outputs") / f"{source.stem}_{suffix}.png")
+    compare = out.with_name(f"{out.stem}_compare.png")
+    model_file = model_path(args.model)
+    refuse_overwriting_inputs([out, compare], [source, model_file, *inputs])
+    return out, compare, model_file
+
+
+def solve_observation(args, model_file, constraint, canvas) -> tuple:
+    """Solve for one observation with the flags of :func:`add_solver_arguments`, save the canvas and print
+    its path; returns ``(result, written paths, PSNR of the result against the observation)``."""
+    model = load_sampling_model(model_file, args.device)
+    result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
+    written = result.save(args.out_path, canvas, tile=args.tile)
+    print(written[0])
+    return result, written, result.report()[constraint.name]["psnr"][0]
 
 
 def output_path(path) -> Path:

@@ -25,22 +25,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (Parser, add_solver_arguments, check_solver_arguments, guidance_failures, load_sampling_model,
-               model_path, output_path, solver_from_arguments, user_errors)
+from . import (add_solver_arguments, check_solver_arguments, guidance_failures, new_parser, observation_outputs,
+               run_command, solve_observation)
 
 PROG = "infd-inpaint"
-MAX_SIZE = 32768
 
 
-def build_parser(prog: str = PROG) -> Parser:
-    import argparse
-
-    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", help="the image with a region to fill")
+def build_parser(prog: str = PROG):
+    p = new_parser(prog, __doc__)
     region = p.add_mutually_exclusive_group(required=True)
     region.add_argument("--mask", help="mask image of the input's size: white = known, black = fill")
     region.add_argument("--polygon", help='region to fill, "x,y x,y x,y ..." in canvas fractions (write '
                                           '--polygon="-0.1,0 ..." when it starts with a minus sign)')
+    p.add_argument("image", help="the image with a region to fill")
     p.add_argument("--invert-mask", action="store_true", help="the --mask is white = fill, black = known")
     p.add_argument("-o", "--out", default=None, help="output image (default outputs/IMAGE_NAME_inpainted.png)")
     p.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
@@ -51,27 +48,27 @@ def build_parser(prog: str = PROG) -> Parser:
 
 
 def _check_args(parser, args) -> None:
+    from ..rendering import MAX_CANVAS
+
     check_solver_arguments(parser, args)
-    if args.size is not None and not 0 < args.size <= MAX_SIZE:
-        parser.error(f"--size must be in 1..{MAX_SIZE}, got {args.size}")
+    if args.size is not None and not 0 < args.size <= MAX_CANVAS:
+        parser.error(f"--size must be in 1..{MAX_CANVAS}, got {args.size}")
     if args.invert_mask and args.mask is None:
         parser.error("--invert-mask only applies to --mask")
 
 
-def run(args) -> dict:
+def run(parser, args) -> dict:
+    _check_args(parser, args)
     import torch
 
     from ..constraints import MaskedObservation
-    from ..io import load_image, load_mask, refuse_overwriting_inputs
+    from ..io import load_image, load_mask
     from ..regions import known_outside, parse_points
-    from ..rendering import FULL_CANVAS, check_box
+    from ..rendering import FULL_CANVAS, MAX_CANVAS, check_box
     from ..viz import plot_inpainting
 
     source = Path(args.image)
-    out = output_path(args.out or Path("outputs") / f"{source.stem}_inpainted.png")
-    compare = out.with_name(f"{out.stem}_compare.png")
-    model_file = model_path(args.model)
-    refuse_overwriting_inputs([out, compare], [source, model_file, args.mask])
+    args.out_path, compare, model_file = observation_outputs(args, source, "inpainted", [args.mask])
 
     box = check_box(args.box, "--box") if args.box is not None else FULL_CANVAS
     if args.mask is not None:
@@ -82,20 +79,15 @@ def run(args) -> dict:
     constraint = MaskedObservation(load_image(source, "image"), mask=mask, box=box)
     h, w = constraint.score_size
     canvas = (args.size, args.size) if args.size else (round(h / (box[3] - box[1])), round(w / (box[2] - box[0])))
-    if max(canvas) > MAX_SIZE:
+    if max(canvas) > MAX_CANVAS:
         raise ValueError(f"the canvas would be {canvas[0]}x{canvas[1]}; pass a smaller --size")
     known = float(constraint.image_mask.mean())
     if known >= 1.0:
         print(f"{args.prog}: note: every pixel of the image is known (nothing to fill)", file=sys.stderr)
 
-    model = load_sampling_model(model_file, args.device)
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
           f"{canvas[0]}x{canvas[1]}, {args.steps} steps, seed {args.seed}")
-    result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
-    written = result.save(out, canvas, tile=args.tile)
-    print(written[0])
-
-    value = result.report()[constraint.name]["psnr"][0]
+    result, written, value = solve_observation(args, model_file, constraint, canvas)
     print(f"known-region PSNR: {value:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
     with torch.no_grad():
         on_box = result.render(constraint.score_size, constraint.box)
@@ -109,12 +101,7 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "psnr", "canvas", "known_fraction"}``. Exit 2 on bad input, 130
     on Ctrl-C."""
-    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
-        parser = build_parser(prog)
-        args = parser.parse_args(argv)
-        args.prog = prog
-        _check_args(parser, args)
-        return run(args)
+    return run_command(build_parser, run, argv, prog)
 
 
 if __name__ == "__main__":

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import (Parser, guidance_failures, load_sampling_model, model_path, output_path, resolve_device,
-               user_errors)
+from . import (guidance_failures, load_sampling_model, model_path, new_parser, output_path, resolve_device,
+               run_command)
 
 PROG = "infd-layout"
 
 
-def build_parser(prog: str = PROG) -> Parser:
-    import argparse
-
+def build_parser(prog: str = PROG):
     from ..sampling import GUIDANCE_MODES
 
-    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(prog, __doc__)
     p.add_argument("layout", help="layout JSON file")
     p.add_argument("-o", "--out", default=None, help="output image (default outputs/LAYOUT_NAME.png)")
     p.add_argument("--model", default="default",
@@ -124,11 +122,7 @@ def run(parser, args) -> dict:
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "measures"}`` (``measures``: :meth:`Result.report`). Exit code 2
     on bad input, 130 on Ctrl-C."""
-    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
-        parser = build_parser(prog)
-        args = parser.parse_args(argv)
-        args.prog = prog
-        return run(parser, args)
+    return run_command(build_parser, run, argv, prog)
 
 
 if __name__ == "__main__":

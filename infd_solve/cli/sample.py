@@ -26,17 +26,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Parser, load_sampling_model, model_path, user_errors
+from . import load_sampling_model, model_path, new_parser, run_command
 
 PROG = "infd-sample"
 
 
-def build_parser(prog: str = PROG) -> Parser:
-    import argparse
-
+def build_parser(prog: str = PROG):
     from ..rendering import RENDER_MODES
 
-    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(prog, __doc__)
     p.add_argument("--model", default="default",
                    help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
     p.add_argument("--num", type=int, default=4, help="number of samples (default 4)")
@@ -56,7 +54,7 @@ def build_parser(prog: str = PROG) -> Parser:
     return p
 
 
-def _check_args(parser: Parser, args) -> tuple[int, int]:
+def _check_args(parser, args) -> tuple[int, int]:
     from ..rendering import check_size
     from ..sampling import ddim_timesteps
 
@@ -77,13 +75,14 @@ def _check_args(parser: Parser, args) -> tuple[int, int]:
         parser.error(str(e))
 
 
-def run(args, size: tuple[int, int]) -> list[Path]:
+def run(parser, args) -> list[Path]:
     import torch
     from tqdm.auto import tqdm
 
     from ..io import image_grid, refuse_overwriting_inputs, save_image
     from ..sampling import ddim_timesteps
 
+    size = _check_args(parser, args)
     out_dir = Path(args.out)
     names = [f"sample_{args.seed + i:05d}.png" for i in range(args.num)]
     outputs = [out_dir / n for n in names] + ([out_dir / "grid.png"] if args.num > 1 else [])
@@ -124,10 +123,7 @@ def run(args, size: tuple[int, int]) -> list[Path]:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> list[Path]:
     """Run the command; returns the written paths. Exits with code 2 on a bad model/argument, 130 on Ctrl-C."""
-    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
-        parser = build_parser(prog)
-        args = parser.parse_args(argv)
-        return run(args, _check_args(parser, args))
+    return run_command(build_parser, run, argv, prog)
 
 
 if __name__ == "__main__":

@@ -28,19 +28,16 @@ import math
 import sys
 from pathlib import Path
 
-from . import (Parser, add_solver_arguments, check_solver_arguments, guidance_failures, load_sampling_model,
-               model_path, output_path, solver_from_arguments, user_errors)
+from . import (add_solver_arguments, check_solver_arguments, guidance_failures, new_parser, observation_outputs,
+               run_command, solve_observation)
 
 PROG = "infd-sr"
-MAX_SIZE = 32768
 
 
-def build_parser(prog: str = PROG) -> Parser:
-    import argparse
-
+def build_parser(prog: str = PROG):
     from ..constraints.lowres_observation import OPERATORS
 
-    p = Parser(prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(prog, __doc__)
     p.add_argument("input", help="low-resolution image (square, or use --crop)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--size", type=int, help="output side in pixels (the canvas is square)")
@@ -59,6 +56,7 @@ def build_parser(prog: str = PROG) -> Parser:
 
 
 def _check_args(parser, args) -> None:
+
     check_solver_arguments(parser, args)
     if args.factor is not None and args.factor <= 0:
         parser.error(f"--factor must be positive, got {args.factor}")
@@ -68,16 +66,15 @@ def _check_args(parser, args) -> None:
         parser.error(f"--upscale must be a finite factor >= 1, got {args.upscale}")
 
 
-def run(args) -> dict:
+def run(parser, args) -> dict:
+    _check_args(parser, args)
     from ..constraints import LowResObservation
-    from ..io import center_square, load_image, refuse_overwriting_inputs
+    from ..io import center_square, load_image
+    from ..rendering import MAX_CANVAS
     from ..viz import plot_super_resolution
 
     source = Path(args.input)
-    out = output_path(args.out or Path("outputs") / f"{source.stem}_sr.png")
-    compare = out.with_name(f"{out.stem}_compare.png")
-    model_file = model_path(args.model)
-    refuse_overwriting_inputs([out, compare], [source, model_file])
+    args.out_path, compare, model_file = observation_outputs(args, source, "sr")
 
     y = load_image(source, "input")
     h, w = y.shape[-2:]
@@ -91,18 +88,13 @@ def run(args) -> dict:
               f", columns {left}-{left + side - 1}): the canvas is square", file=sys.stderr)
     n = y.shape[-1]
     size = args.size if args.size is not None else round(args.upscale * n)
-    if not n <= size <= MAX_SIZE:
-        raise ValueError(f"output size {size} must be between the input side {n} and {MAX_SIZE}")
+    if not n <= size <= MAX_CANVAS:
+        raise ValueError(f"output size {size} must be between the input side {n} and {MAX_CANVAS}")
     constraint = LowResObservation(y, noise_sigma=args.noise_sigma, operator=args.operator, factor=args.factor)
 
-    model = load_sampling_model(model_file, args.device)
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
           f"noise sigma {args.noise_sigma:g}, {args.steps} steps, seed {args.seed}")
-    result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
-    written = result.save(out, (size, size), tile=args.tile)
-    print(written[0])
-
-    value = result.report()[constraint.name]["psnr"][0]
+    result, written, value = solve_observation(args, model_file, constraint, (size, size))
     print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {value:.2f} dB "
           f"on the {n}x{n} input grid")
     written.append(plot_super_resolution(y, written[0], compare))
@@ -113,12 +105,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """Run the command; returns ``{"written", "psnr", "size"}``. Exit code 2 on bad input, 130 on Ctrl-C."""
-    with user_errors(prog):  # Ctrl-C during the imports ends quietly too
-        parser = build_parser(prog)
-        args = parser.parse_args(argv)
-        args.prog = prog
-        _check_args(parser, args)
-        return run(args)
+    return run_command(build_parser, run, argv, prog)
 
 
 if __name__ == "__main__":
