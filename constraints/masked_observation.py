@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .. import checks
 from ..io import load_image, load_mask
 from ..regions import as_geometry, rasterize
 from .base import Constraint, check_aspect, file_label, files_of, working_grid
@@ -17,6 +18,7 @@ class MaskedObservation(Constraint):
 
     ``mask``: 1 where a pixel is observed; a tensor / PIL image / path on the image's grid, or a polygon in
     canvas fractions (rasterized on that grid with soft edges), or ``None`` (every pixel observed).
+    ``noise_sigma``: the observation noise (in [-1, 1] units), whose share of the residual is not fitted.
 
     Guidance renders the box on a grid of at most ``max_side`` pixels per side (the image's own grid when it
     is smaller), with the image and mask resampled onto it, so a step costs the same for a 512 or a 4096
@@ -30,7 +32,7 @@ class MaskedObservation(Constraint):
     refine = True
     overlay_linestyle = "--"
 
-    def __init__(self, image, mask=None, box=None, max_side: int = 256, **kwargs):
+    def __init__(self, image, mask=None, box=None, noise_sigma: float = 0.0, max_side: int = 256, **kwargs):
         self.input_files = files_of(image) + files_of(mask)
         self._label = file_label("observation", files_of(image))
         y = load_image(image, "image")
@@ -49,6 +51,10 @@ class MaskedObservation(Constraint):
         if m.sum() == 0:
             raise ValueError("mask observes no pixel")
         self.image, self.image_mask, self.score_size = y, m, full
+        # like LowResObservation: the mean squared residual's noise share is not fitted; on a coarser grid the
+        # noise is averaged down
+        sigma = checks.number(noise_sigma, "noise_sigma", 0.0, 2.0)
+        self.noise_sigma, self.effective_sigma = sigma, sigma * min(1.0, self.size[0] / full[0])
         # On a coarser grid a pixel is observed in proportion to its known area, and shows the mean of the
         # known values under it (unknown values must not leak in).
         coverage = resample(m, self.size)
@@ -61,7 +67,7 @@ class MaskedObservation(Constraint):
 
     def loss(self, patch: torch.Tensor) -> torch.Tensor:
         residual = (patch - self.observed) * self.mask
-        return residual.square().flatten(1).sum(1) / (3 * self.mask.sum())
+        return (residual.square().flatten(1).sum(1) / (3 * self.mask.sum()) - self.effective_sigma**2).clamp_min(0)
 
     def score(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
         """On a patch rendered at ``score_size`` (the image's grid): ``psnr`` (dB) of the clamped patch on the

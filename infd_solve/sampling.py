@@ -149,6 +149,7 @@ def sample_guided(
     max_grad_norm: float | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    max_stride: int | None = None,
 ) -> torch.Tensor:
     """DDIM guided by the gradient of ``objective`` on the predicted clean sample.
 
@@ -158,8 +159,8 @@ def sample_guided(
     no backpropagation through the denoiser.
 
     Each step's guidance is ``scale * stride`` times the gradient, ``stride`` being the number of training
-    timesteps the step covers, so the total guidance does not shrink when fewer steps are taken (DDIM at
-    25-50 steps). The objective is summed over the batch, which leaves every sample's gradient its own:
+    timesteps the step covers, so the total guidance does not shrink when fewer steps are taken;
+    ``max_stride`` caps that factor (a kick much larger than the noise removed in one step overshoots). The objective is summed over the batch, which leaves every sample's gradient its own:
     a sample never depends on the rest of its batch. Samples whose loss or gradient is not finite get no
     guidance that step (reported as ``skipped`` to the callback).
 
@@ -173,7 +174,8 @@ def sample_guided(
         a = acp[t]
         last = i + 1 == len(timesteps)
         a_prev = 1.0 if last else acp[timesteps[i + 1]]
-        step = scale * (t + 1 if last else t - timesteps[i + 1])
+        stride = t + 1 if last else t - timesteps[i + 1]
+        step = scale * (stride if max_stride is None else min(stride, max_stride))
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         with torch.enable_grad():
             if mode == "dps":

@@ -120,6 +120,9 @@ class Result:
 
 
 DEFAULT_REFINE_STEPS = 100
+# A guided step's kick grows with the training timesteps it covers, up to those of 50 steps over 1000: at
+# fewer steps larger kicks overshoot and diverge (the refinement then closes the smaller total guidance's gap).
+MAX_STRIDE = 20
 
 
 def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
@@ -303,8 +306,8 @@ class Solver:
             with self._precision():
                 return self.denoise(x_t, t).to(x_t.dtype)
 
-        z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective,
-                          self.scale, self.guidance, self.eta, generator, self.max_grad_norm, record, self.progress)
+        z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective, self.scale, self.guidance,
+                          self.eta, generator, self.max_grad_norm, record, self.progress, MAX_STRIDE)
         if refine_steps:
             z = refine_latent(z, self.objective(refined), refine_steps, self.refine_lr, record, self.progress)
         z = model.unscale(z.detach())

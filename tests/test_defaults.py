@@ -61,6 +61,14 @@ def test_super_resolution_x8_recovers_a_prior_sample(model, prior_image):
     assert psnr(result.render(256).clamp(-1, 1), prior_image).item() >= 40  # the truth itself
 
 
+@pytest.mark.parametrize("steps", [10, 25])
+def test_fewer_steps_stay_stable(model, prior_image, steps):
+    c = LowResObservation(F.avg_pool2d(prior_image, 8))
+    result = infd_solve.Solver(model, steps=steps, progress=False).solve([c], seed=0)
+    assert result.report()[c.name]["psnr"][0] >= 35
+    assert result.latent.norm() < latent_norm_bound(model)
+
+
 def test_held_out_scene_with_finer_detail_does_not_diverge(model):
     photo = scene_tensor(TEST_SEED_OFFSET + 7, 256)
     c = MaskedObservation(photo, mask=KNOWN)

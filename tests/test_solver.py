@@ -204,8 +204,8 @@ def test_inpainting_and_super_resolution_observations_are_met(gaussian_model):
              LowResObservation(low_area, operator="area", factor=2, name="area")]
     for c in cases:
         # guidance alone (no refinement), at the default scale and weights
-        guided = Solver(gaussian_model, steps=25, refine_steps=0, progress=False).solve([c], seed=1)
-        plain = Solver(gaussian_model, steps=25, scale=0.0, refine_steps=0, progress=False).solve([c], seed=1)
+        guided = Solver(gaussian_model, refine_steps=0, progress=False).solve([c], seed=1)
+        plain = Solver(gaussian_model, scale=0.0, refine_steps=0, progress=False).solve([c], seed=1)
         assert final_loss(guided, c.name) < 0.5 * final_loss(plain, c.name), c.name
 
 
