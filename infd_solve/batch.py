@@ -621,6 +621,9 @@ class Runner:
             for w in caught:
                 if not issubclass(w.category, RuntimeWarning) or "guidance never happened" not in str(w.message):
                     warnings.warn(w.message, w.category)
+            steps = result.history["step_seconds"]
+            sampling = len(solver.timesteps)
+            seconds |= {"sampling": sum(steps[:sampling]), "refinement": sum(steps[sampling:])}
             if keep:
                 z = model.unscale(captured["z"])
                 with torch.no_grad():
