@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from . import checks
 
 __all__ = ["Job", "JobError", "Processes", "Runner", "read_jobs", "parse_job", "split_jobs", "validate_jobs",
-           "run_jobs", "merge_summary", "launch", "is_finished", "job_dir", "DEFAULT_THREADS"]
+           "run_jobs", "merge_summary", "launch", "interrupt_on_sigterm", "is_finished", "job_dir", "DEFAULT_THREADS"]
 
 TASKS = ("sr", "inpaint", "deblur")
 METHODS = ("dps", "prior", "classical")
@@ -329,6 +329,17 @@ class Processes:
     def close(self) -> None:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM, which torchrun and job schedulers send to stop workers, end the process as Ctrl-C does
+    (``KeyboardInterrupt``: temporary files removed, every written file complete). For scripts' main."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def launch(timeout_days: float = 7.0) -> Processes:

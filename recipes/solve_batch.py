@@ -102,4 +102,7 @@ def main(argv=None, prog: str = PROG) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from infd_solve.batch import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     main()

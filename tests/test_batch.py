@@ -235,9 +235,9 @@ def test_two_processes_under_torchrun_write_the_same_bytes_as_one(folder, tmp_pa
          "noise_sigma": 0.05, "seed": 2, **QUICK},
         {"id": "prior", "task": "deblur", "truth": "truth.png", "kernel": {"type": "gaussian", "size": 9, "sigma": 1.5},
          "method": "prior", **QUICK},
-        {"id": "layout", "layout": {"canvas": 40, "items": [{"type": "color", "color": "#2a5caa", "box": [0, 0.5, 1, 1]},
-                                                            {"type": "observation", "image": "small.png",
-                                                             "box": [0, 0, 0.25, 0.25]}]},
+        {"id": "layout", "layout": {"canvas": 40, "items": [
+            {"type": "color", "color": "#2a5caa", "box": [0, 0.5, 1, 1]},
+            {"type": "observation", "image": "small.png", "box": [0, 0, 0.25, 0.25]}]},
          "seed": 5, "batch_size": 2, **QUICK},
     ], "procs.jsonl")
     command = [str(REPO / "recipes" / "solve_batch.py"), str(jobs), "--model", str(model_dir), "--device", "cpu",
