@@ -3,11 +3,12 @@ built-in ones, one small subclass per file. A new one needs no edit elsewhere (s
 """
 
 from .base import REGISTRY, Constraint
+from .blur_observation import BlurObservation
 from .clip_box import ClipBox
 from .color_match import ColorMatch
 from .lowres_observation import LowResObservation
 from .masked_observation import MaskedObservation
 from .perceptual_match import PerceptualMatch
 
-__all__ = ["Constraint", "REGISTRY", "ClipBox", "ColorMatch", "LowResObservation", "MaskedObservation",
-           "PerceptualMatch"]
+__all__ = ["Constraint", "REGISTRY", "BlurObservation", "ClipBox", "ColorMatch", "LowResObservation",
+           "MaskedObservation", "PerceptualMatch"]

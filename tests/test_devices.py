@@ -12,7 +12,8 @@ import torchvision
 
 import infd_solve
 from infd_solve import constraints as builtin
-from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation, PerceptualMatch
+from infd_solve.constraints import (BlurObservation, ClipBox, ColorMatch, LowResObservation, MaskedObservation,
+                                   PerceptualMatch)
 from infd_solve.losses import load_lpips
 
 from .helpers import make_tiny_clip, tiny_model
@@ -41,6 +42,8 @@ def _image(h, w, seed=0):
 
 # One way to build each built-in constraint; the first test makes sure a new one cannot be forgotten here.
 FACTORIES = {
+    "BlurObservation": lambda clip, lpips: BlurObservation(_image(16, 16), {"type": "motion", "size": 5, "length": 3},
+                                                           noise_sigma=0.01, max_side=8),  # a rebinned kernel
     "ClipBox": lambda clip, lpips: ClipBox("clouds", (0.1, 0.0, 0.9, 0.4), clip=clip, negative_prompts=["fog"]),
     "ColorMatch": lambda clip, lpips: ColorMatch("#336699", polygon=[(0.1, 0.1), (0.9, 0.2), (0.5, 0.9)]),
     "LowResObservation": lambda clip, lpips: LowResObservation(_image(8, 8), noise_sigma=0.01, factor=2),

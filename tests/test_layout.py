@@ -204,7 +204,7 @@ BAD = [
     ({"stpes": 3, "items": [color()]}, ["layout: unknown field 'stpes'", "did you mean 'steps'", "allowed: batch_size, canvas"]),
     ({"items": [color(), {"type": "color", "colour": "#fff", "box": [0, 0, 1, 1]}]},
      ["items[1] (color): unknown field 'colour'", "allowed: active, box, color, name, polygon, refine, size, weight"]),
-    ({"items": [{"type": "text", "prompt": "x"}]}, ["items[0].type: unknown type 'text'", "allowed: clip, color, lowres"]),
+    ({"items": [{"type": "text", "prompt": "x"}]}, ["items[0].type: unknown type 'text'", "allowed: blur, clip, color, lowres"]),
     ({"items": [{"prompt": "x"}]}, ["items[0]: missing field 'type'"]),
     ({"items": [color(), {"type": "clip", "box": [0, 0, 1, 1]}]}, ["items[1].prompt: missing"]),
     ({"items": [{"type": "clip", "prompt": "  ", "box": [0, 0, 1, 1]}]}, ["items[0].prompt: must be a non-empty string"]),
