@@ -32,3 +32,33 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     root_a = _sqrtm_psd(cov_a)
     cross = _sqrtm_psd(root_a @ cov_b @ root_a)  # tr sqrt(A B) = tr sqrt(A^1/2 B A^1/2), symmetric PSD
     return float((mu_a - mu_b).square().sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * torch.trace(cross))
+
+
+def seam_ratio(images: torch.Tensor, cell: int) -> tuple[float, float]:
+    """How much a periodic grid of lines every ``cell`` pixels stands out, along x and along y.
+
+    ``images``: ``B x C x H x W`` whose pixel 0 sits on a cell border (e.g. a canvas rendered from a field with
+    ``cell`` pixels per feature cell, or a crop starting at a multiple of ``cell``). The mean |difference
+    between neighbouring pixels| is taken per position within the cell (difference ``j -> j+1`` at position
+    ``(j + 1) mod cell``, so position 0 straddles a border); the ratio is the largest position's mean over the
+    median position's. A seamless image gives about 1; a line at every border, far more. ``(along_x,
+    along_y)``: ``along_x`` compares horizontal neighbours, so it measures vertical lines.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"seam_ratio needs a B x C x H x W batch, got shape {tuple(images.shape)}")
+    if isinstance(cell, bool) or int(cell) != cell or cell < 2:
+        raise ValueError(f"cell must be an integer number of pixels >= 2, got {cell!r}")
+    cell = int(cell)
+    if min(images.shape[2:]) <= cell:
+        raise ValueError(f"images of {tuple(images.shape[2:])} pixels hold no whole cell of {cell} pixels")
+
+    def along(diff: torch.Tensor) -> float:  # diff: B x C x L x (N - 1), neighbour differences along the last axis
+        per_step = diff.abs().double().mean(dim=(0, 1, 2))
+        position = (torch.arange(1, per_step.numel() + 1) % cell).to(per_step.device)
+        per_position = torch.zeros(cell, dtype=torch.float64, device=per_step.device)
+        per_position.index_add_(0, position, per_step)
+        per_position /= torch.bincount(position, minlength=cell).to(per_position)
+        return float(per_position.max() / per_position.median().clamp_min(1e-12))
+
+    x = images.double()
+    return along(x[..., 1:] - x[..., :-1]), along((x[..., 1:, :] - x[..., :-1, :]).transpose(-1, -2))
