@@ -2,7 +2,8 @@
 
 For each query pixel it takes the nearest feature vector of ``phi``, the query's coordinate relative to that
 feature's centre and the pixel size (both in units of one feature cell), and passes the concatenation through
-a small convolutional net over the query grid.
+a small convolutional net over the query grid. ``feature_sampling`` and ``coord_encoding`` replace the first
+two inputs by ones that are continuous across cell borders (see :class:`RendererConfig`).
 
 With ``normalize=True`` (the official renderer) every GroupNorm takes its statistics over the whole grid of
 one call, so what a pixel looks like depends on which other pixels are rendered with it. With
@@ -22,6 +23,9 @@ from torch import nn
 # norm_fn(index, norm_layer, h) -> normalized h. Lets tiled rendering supply grid-wide statistics.
 NormFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
+# Renderer input channels that encode the query's position within its cell, per ``coord_encoding``.
+COORD_CHANNELS = {"relative": 2, "periodic": 4, "none": 0}
+
 
 @dataclass
 class RendererConfig:
@@ -34,10 +38,19 @@ class RendererConfig:
     # the field is continuous at any zoom (a small field rendered far larger than its size shows no blocks);
     # the relative coordinate is still taken to the nearest cell's centre.
     feature_sampling: str = "nearest"
+    # How the query's position within its cell enters the net. "relative": the official relative coordinate,
+    # which jumps from +1/2 to -1/2 cell at every cell border, so the net draws a line there even when the
+    # features are continuous. "periodic": sin and cos of 2 pi x (relative coordinate in cells), one period
+    # per cell, so the input is smooth across borders yet still tells the net where in the cell it is.
+    # "none": no position within the cell (with bilinear sampling the features alone still vary smoothly).
+    coord_encoding: str = "relative"
 
     def __post_init__(self):
         if self.feature_sampling not in ("nearest", "bilinear"):
             raise ValueError(f"feature_sampling must be 'nearest' or 'bilinear', got {self.feature_sampling!r}")
+        if self.coord_encoding not in COORD_CHANNELS:
+            raise ValueError(f"coord_encoding must be one of {', '.join(map(repr, COORD_CHANNELS))}, "
+                             f"got {self.coord_encoding!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
         if self.normalize and self.hidden_channels % 32:
@@ -66,10 +79,15 @@ class CLIFRenderer(nn.Module):
         super().__init__()
         self.config = config
         c, k = config.hidden_channels, config.kernel_size
-        self.conv_in = nn.Conv2d(config.feature_channels + 4, c, k, padding=k // 2)
+        self.conv_in = nn.Conv2d(self.in_channels, c, k, padding=k // 2)
         self.resnets = nn.ModuleList(ResBlock(c, k, config.normalize) for _ in range(config.num_res_blocks))
         self.norm_out = _norm(c, config.normalize)
         self.conv_out = nn.Conv2d(c, 3, k, padding=k // 2)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of ``query``'s output: feature, position within the cell (per ``coord_encoding``), cell."""
+        return self.config.feature_channels + COORD_CHANNELS[self.config.coord_encoding] + 2
 
     @property
     def is_local(self) -> bool:
@@ -88,7 +106,10 @@ class CLIFRenderer(nn.Module):
         return layers + [self.norm_out]
 
     def query(self, phi: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Renderer input ``[B, C+4, H, W]``: nearest feature, relative coordinate, relative cell.
+        """Renderer input ``[B, in_channels, H, W]``: feature, position within the cell, relative cell.
+
+        Official (``nearest``, ``relative``): nearest feature, coordinate relative to its centre, cell size,
+        the last two in units of one feature cell.
 
         ``coord``/``cell``: ``[B or 1, H, W, 2]`` with ``[..., 0]`` the row (y) and ``[..., 1]`` the column
         (x) component in [-1, 1] canvas units.
@@ -107,7 +128,12 @@ class CLIFRenderer(nn.Module):
             q_feat = F.grid_sample(phi, grid, mode="bilinear", padding_mode="border", align_corners=False)
         rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
         rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
-        return torch.cat([q_feat, rel_coord, rel_cell], 1)
+        encoding = self.config.coord_encoding
+        if encoding == "periodic":  # rel_coord spans 2 units per cell: pi * rel_coord is one period per cell
+            position = [torch.sin(torch.pi * rel_coord), torch.cos(torch.pi * rel_coord)]
+        else:
+            position = [rel_coord] if encoding == "relative" else []
+        return torch.cat([q_feat, *position, rel_cell], 1)
 
     def net(self, x: torch.Tensor, norm_fn: NormFn | None = None) -> torch.Tensor:
         """The conv net over the query grid; ``norm_fn`` may replace how each norm layer is applied."""
