@@ -36,7 +36,7 @@ from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import LandscapeDataset, render as render_scene
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
-from infd_solve.models.renderer import COORD_CHANNELS
+from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -186,7 +186,7 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32, help="renderer hidden channels")
     p.add_argument("--n-embed", type=int, default=512, help="codebook size; 0: no quantizer (continuous latents)")
-    p.add_argument("--feature-sampling", choices=["nearest", "bilinear"], default="nearest",
+    p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING), default="nearest",
                    help="renderer feature lookup (nearest: official CLIF)")
     p.add_argument("--coord-encoding", choices=list(COORD_CHANNELS),
                    help="renderer input for the position within a cell (relative: official CLIF, the default "

@@ -25,7 +25,7 @@ def crop(image, size, box):
     return image[..., round(t * h): round(b * h), round(l * w): round(r * w)]
 
 
-@pytest.mark.parametrize("sampling", ["nearest", "bilinear"])
+@pytest.mark.parametrize("sampling", ["nearest", "bilinear", "bicubic"])
 def test_local_renderer_box_is_exact_crop(local_model, sampling, monkeypatch):
     assert local_model.renderer.is_local and local_model.renderer.receptive_radius == 6
     monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
@@ -49,6 +49,18 @@ def test_bilinear_features_are_continuous_across_cells(local_model, monkeypatch)
         feat = query[:, :32]
         jumps[sampling] = (feat[..., 1:] - feat[..., :-1]).abs().amax(dim=(0, 1, 2)).max().item()
     assert jumps["bilinear"] < 0.25 * jumps["nearest"]
+
+
+def test_bicubic_features_bend_smoothly_at_cell_centres(local_model, monkeypatch):
+    """Bilinear features are piecewise linear: their slope jumps at every cell centre; bicubic ones' does not."""
+    phi = field(local_model, batch=1)
+    coord, cell = local_model_grid(1024)  # 32 query pixels per cell; one row is enough
+    bends = {}
+    for sampling in ("bilinear", "bicubic"):
+        monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
+        feat = local_model.renderer.query(phi, coord[:, 512:513], cell[:, 512:513])[:, :32]
+        bends[sampling] = (feat[..., 2:] - 2 * feat[..., 1:-1] + feat[..., :-2]).abs().max().item()
+    assert bends["bicubic"] < 0.3 * bends["bilinear"]
 
 
 def local_model_grid(size):

@@ -25,6 +25,7 @@ NormFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
 # Renderer input channels that encode the query's position within its cell, per ``coord_encoding``.
 COORD_CHANNELS = {"relative": 2, "periodic": 4, "none": 0}
+FEATURE_SAMPLING = ("nearest", "bilinear", "bicubic")
 
 
 @dataclass
@@ -36,18 +37,21 @@ class RendererConfig:
     num_res_blocks: int = 2
     # "nearest": the official CLIF lookup. "bilinear": features interpolated between the four nearest cells, so
     # the field is continuous at any zoom (a small field rendered far larger than its size shows no blocks);
-    # the relative coordinate is still taken to the nearest cell's centre.
+    # the relative coordinate is still taken to the nearest cell's centre. "bicubic": the same from the 4x4
+    # nearest cells, so the field's slope is continuous too (bilinear bends at every cell centre).
     feature_sampling: str = "nearest"
     # How the query's position within its cell enters the net. "relative": the official relative coordinate,
     # which jumps from +1/2 to -1/2 cell at every cell border, so the net draws a line there even when the
     # features are continuous. "periodic": sin and cos of 2 pi x (relative coordinate in cells), one period
     # per cell, so the input is smooth across borders yet still tells the net where in the cell it is.
+    # A net given that position can also draw texture that repeats with every cell (a soft grid).
     # "none": no position within the cell (with bilinear sampling the features alone still vary smoothly).
     coord_encoding: str = "relative"
 
     def __post_init__(self):
-        if self.feature_sampling not in ("nearest", "bilinear"):
-            raise ValueError(f"feature_sampling must be 'nearest' or 'bilinear', got {self.feature_sampling!r}")
+        if self.feature_sampling not in FEATURE_SAMPLING:
+            raise ValueError(f"feature_sampling must be one of {', '.join(map(repr, FEATURE_SAMPLING))}, "
+                             f"got {self.feature_sampling!r}")
         if self.coord_encoding not in COORD_CHANNELS:
             raise ValueError(f"coord_encoding must be one of {', '.join(map(repr, COORD_CHANNELS))}, "
                              f"got {self.coord_encoding!r}")
@@ -124,8 +128,9 @@ class CLIFRenderer(nn.Module):
         grid = coord.flip(-1).expand(b, *coord.shape[1:])
         picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
         q_feat, q_centre = picked[:, :c], picked[:, c:]
-        if self.config.feature_sampling == "bilinear":
-            q_feat = F.grid_sample(phi, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.config.feature_sampling != "nearest":
+            q_feat = F.grid_sample(phi, grid, mode=self.config.feature_sampling, padding_mode="border",
+                                   align_corners=False)
         rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
         rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
         encoding = self.config.coord_encoding
