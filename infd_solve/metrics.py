@@ -34,7 +34,7 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     return float((mu_a - mu_b).square().sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * torch.trace(cross))
 
 
-def seam_ratio(images: torch.Tensor, cell: int) -> tuple[float, float]:
+def seam_ratio(images: torch.Tensor, cell: int, order: int = 1) -> tuple[float, float]:
     """How much a periodic grid of lines every ``cell`` pixels stands out, along x and along y.
 
     ``images``: ``B x C x H x W`` whose pixel 0 sits on a cell border (e.g. a canvas rendered from a field with
@@ -43,17 +43,23 @@ def seam_ratio(images: torch.Tensor, cell: int) -> tuple[float, float]:
     ``(j + 1) mod cell``, so position 0 straddles a border); the ratio is the largest position's mean over the
     median position's. A seamless image gives about 1; a line at every border, far more. ``(along_x,
     along_y)``: ``along_x`` compares horizontal neighbours, so it measures vertical lines.
+
+    ``order=2`` uses second differences (centred on pixel ``j + 1``) instead: it finds bends, lines where the
+    image's slope jumps though its value is continuous (e.g. at the cell centres of a bilinearly interpolated
+    field, position ``cell // 2``).
     """
     if images.dim() != 4:
         raise ValueError(f"seam_ratio needs a B x C x H x W batch, got shape {tuple(images.shape)}")
     if isinstance(cell, bool) or int(cell) != cell or cell < 2:
         raise ValueError(f"cell must be an integer number of pixels >= 2, got {cell!r}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
     cell = int(cell)
-    if min(images.shape[2:]) <= cell:
+    if min(images.shape[2:]) <= cell + order - 1:
         raise ValueError(f"images of {tuple(images.shape[2:])} pixels hold no whole cell of {cell} pixels")
 
-    def along(diff: torch.Tensor) -> float:  # diff: B x C x L x (N - 1), neighbour differences along the last axis
-        per_step = diff.abs().double().mean(dim=(0, 1, 2))
+    def along(x: torch.Tensor) -> float:  # differences along the last axis, per position within the cell
+        per_step = torch.diff(x, n=order, dim=-1).abs().mean(dim=(0, 1, 2))
         position = (torch.arange(1, per_step.numel() + 1) % cell).to(per_step.device)
         per_position = torch.zeros(cell, dtype=torch.float64, device=per_step.device)
         per_position.index_add_(0, position, per_step)
@@ -61,4 +67,4 @@ def seam_ratio(images: torch.Tensor, cell: int) -> tuple[float, float]:
         return float(per_position.max() / per_position.median().clamp_min(1e-12))
 
     x = images.double()
-    return along(x[..., 1:] - x[..., :-1]), along((x[..., 1:, :] - x[..., :-1, :]).transpose(-1, -2))
+    return along(x), along(x.transpose(-1, -2))

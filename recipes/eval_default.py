@@ -16,7 +16,8 @@ Prints one table:
 - seams: :func:`infd_solve.metrics.seam_ratio` (the largest over the median mean |neighbour difference| per
   position within a feature cell, along x and y; about 1 without seams) of unconditional samples rendered at
   1024 (whole canvases less one cell at each edge, where the renderer's zero padding is not a seam) and at
-  2048 (one 512x512 window per sample on the cell lattice, away from the edges, to stay cheap);
+  2048 (one 512x512 window per sample on the cell lattice, away from the edges, to stay cheap); the same of
+  second differences ("bend": where the slope jumps, e.g. at the cell centres of bilinear features);
 - domain CLIP zero-shot top-1 over the label set on held-out crops dominated (>= 60 %) by one label.
 """
 
@@ -145,7 +146,8 @@ def main(argv=None):
     field_size = phis[0].shape[-1]
     seam_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other sections' crops stay as before
     for size, ratios in seams(model, phis[: args.seam_samples], field_size, seam_rng).items():
-        table[f"seam ratio @{size} along x"], table[f"seam ratio @{size} along y"] = ratios
+        for kind, (along_x, along_y) in ratios.items():
+            table[f"{kind} ratio @{size} along x"], table[f"{kind} ratio @{size} along y"] = along_x, along_y
 
     # ---- domain CLIP zero-shot top-1 on held-out crops dominated by one label
     prompts = label_captions()
@@ -172,7 +174,8 @@ def main(argv=None):
 
 @torch.no_grad()
 def seams(model, phis, field_size: int, rng, sizes=(1024, 2048), window: int = 512, whole: int = 1024) -> dict:
-    """``{size: (along_x, along_y)}`` seam ratios of ``phis`` rendered at each size.
+    """``{size: {"seam": (along_x, along_y), "bend": (along_x, along_y)}}`` for ``phis`` rendered at each size:
+    :func:`seam_ratio` of first differences (lines) and of second differences (slope jumps).
 
     Up to ``whole``: whole canvases less one cell at each edge. Larger: one ``window``-pixel square per field,
     starting on a cell border at least one cell from the canvas edges.
@@ -190,7 +193,7 @@ def seams(model, phis, field_size: int, rng, sizes=(1024, 2048), window: int = 5
             images = torch.cat([model.render(phi, window, (l / size, t / size, (l + window) / size,
                                                            (t + window) / size))
                                 for phi, (t, l) in zip(tqdm(phis, desc=f"seams @{size}"), starts)])
-        out[size] = seam_ratio(images, cell)
+        out[size] = {"seam": seam_ratio(images, cell), "bend": seam_ratio(images, cell, order=2)}
     return out
 
 

@@ -35,6 +35,18 @@ def test_seam_ratio_finds_lines_every_cell_along_their_axis():
     assert seam_ratio(lines, 12)[0] < seam_ratio(lines, 16)[0]
 
 
+def test_bend_ratio_finds_slope_jumps_that_seam_ratio_misses():
+    """A tent profile with peaks at every cell centre (what bilinear interpolation gives) has no line at all,
+    only a bend: order=2 sees it, order=1 does not."""
+    x = torch.arange(128, dtype=torch.float64)
+    tent = 1 - ((x % 16) - 8).abs() / 8  # peaks at the centres of 16-px cells, troughs at their borders
+    images = smooth_images() + 0.5 * tent
+    assert max(seam_ratio(images, 16)) < 1.3
+    bends = seam_ratio(images, 16, order=2)
+    assert bends[0] > 3 and bends[1] < 1.3
+    assert max(seam_ratio(smooth_images(), 16, order=2)) < 1.3
+
+
 def test_seam_ratio_ignores_brightness_scale():
     images = smooth_images()
     images[..., 8::16, :] -= 0.3
@@ -46,6 +58,8 @@ def test_seam_ratio_ignores_brightness_scale():
 def test_seam_ratio_rejects_bad_input(images, cell):
     with pytest.raises(ValueError):
         seam_ratio(images, cell)
+    with pytest.raises(ValueError, match="order"):
+        seam_ratio(torch.zeros(1, 3, 64, 64), 8, order=3)
 
 
 def test_eval_seams_measure_renders_on_the_cell_lattice():
@@ -57,4 +71,5 @@ def test_eval_seams_measure_renders_on_the_cell_lattice():
     ratios = seams(model, phis, phis[0].shape[-1], np.random.default_rng(0), sizes=(128, 256, 100), window=96,
                    whole=128)
     assert set(ratios) == {128, 256}  # 100 px is not a whole number of pixels per cell: skipped
-    assert all(0.5 < r < 20 for pair in ratios.values() for r in pair)
+    assert all(set(kinds) == {"seam", "bend"} for kinds in ratios.values())
+    assert all(r >= 1 for kinds in ratios.values() for pair in kinds.values() for r in pair)
