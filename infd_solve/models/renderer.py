@@ -45,7 +45,8 @@ class RendererConfig:
     # features are continuous. "periodic": sin and cos of 2 pi x (relative coordinate in cells), one period
     # per cell, so the input is smooth across borders yet still tells the net where in the cell it is.
     # A net given that position can also draw texture that repeats with every cell (a soft grid).
-    # "none": no position within the cell (with bilinear sampling the features alone still vary smoothly).
+    # "none": no position within the cell (with bilinear or bicubic sampling the features alone still vary
+    # smoothly, so nothing the net sees depends on where a cell border lies).
     coord_encoding: str = "relative"
 
     def __post_init__(self):
