@@ -28,6 +28,30 @@ COORD_CHANNELS = {"relative": 2, "periodic": 4, "none": 0}
 FEATURE_SAMPLING = ("nearest", "bilinear", "bicubic")
 
 
+def _is_pixel_grid(coord: torch.Tensor) -> bool:
+    """One grid of rows x columns (as :func:`infd_solve.rendering.pixel_grid` makes): y varies only down the
+    rows, x only along the columns."""
+    if coord.shape[0] != 1:
+        return False
+    y, x = coord[..., 0], coord[..., 1]
+    return bool((y == y[:, :, :1]).all() and (x == x[:, :1, :]).all())
+
+
+def _cubic_weights(pos: torch.Tensor, size: int) -> torch.Tensor:
+    """``[len(pos), size]``: the weights grid_sample's bicubic lookup (``align_corners=False``, border
+    padding, its cubic convolution with A = -0.75) gives the ``size`` cells of one axis at canvas
+    coordinates ``pos`` in [-1, 1]."""
+    a = -0.75
+    index = ((pos + 1) * size - 1) / 2
+    first = index.floor()
+    t = (index - first).unsqueeze(1)
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    taps = torch.cat([far(t + 1), near(t), near(1 - t), far(2 - t)], 1)
+    cells = (first.long().unsqueeze(1) + torch.arange(-1, 3, device=pos.device)).clamp(0, size - 1)
+    return torch.zeros(len(pos), size, dtype=pos.dtype, device=pos.device).scatter_add_(1, cells, taps)
+
+
 @dataclass
 class RendererConfig:
     feature_channels: int = 128
@@ -120,25 +144,32 @@ class CLIFRenderer(nn.Module):
         (x) component in [-1, 1] canvas units.
         """
         b, c, h, w = phi.shape
+        sampling, encoding = self.config.feature_sampling, self.config.coord_encoding
+        grid = coord.flip(-1).expand(b, *coord.shape[1:])  # grid_sample wants (x, y) order
+        if sampling == "nearest" or encoding != "none":
+            rows = -1 + (2 * torch.arange(h, dtype=phi.dtype, device=phi.device) + 1) / h
+            cols = -1 + (2 * torch.arange(w, dtype=phi.dtype, device=phi.device) + 1) / w
+            centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(b, 2, h, w)
+            # One nearest lookup fetches the feature and its cell centre; grid_sample rounds half to even,
+            # which is the official tie-breaking.
+            picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
+            q_feat, q_centre = picked[:, :c], picked[:, c:]
+        if sampling == "bicubic" and _is_pixel_grid(coord):
+            # On a grid of rows x columns the bicubic lookup is two small matrix products: the same values as
+            # grid_sample's, and far cheaper to differentiate (its bicubic backward is slow on CPU).
+            rows_w, cols_w = (_cubic_weights(coord[0, :, 0, 0], h), _cubic_weights(coord[0, 0, :, 1], w))
+            q_feat = rows_w.to(phi.dtype) @ phi @ cols_w.to(phi.dtype).T
+        elif sampling != "nearest":
+            q_feat = F.grid_sample(phi, grid, mode=sampling, padding_mode="border", align_corners=False)
         scale = torch.tensor([h, w], dtype=phi.dtype, device=phi.device).view(1, 2, 1, 1)
-        rows = -1 + (2 * torch.arange(h, dtype=phi.dtype, device=phi.device) + 1) / h
-        cols = -1 + (2 * torch.arange(w, dtype=phi.dtype, device=phi.device) + 1) / w
-        centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(b, 2, h, w)
-        # One nearest lookup fetches the feature and its cell centre; grid_sample wants (x, y) order and
-        # rounds half to even, which is the official tie-breaking.
-        grid = coord.flip(-1).expand(b, *coord.shape[1:])
-        picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
-        q_feat, q_centre = picked[:, :c], picked[:, c:]
-        if self.config.feature_sampling != "nearest":
-            q_feat = F.grid_sample(phi, grid, mode=self.config.feature_sampling, padding_mode="border",
-                                   align_corners=False)
-        rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
         rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
-        encoding = self.config.coord_encoding
-        if encoding == "periodic":  # rel_coord spans 2 units per cell: pi * rel_coord is one period per cell
-            position = [torch.sin(torch.pi * rel_coord), torch.cos(torch.pi * rel_coord)]
-        else:
-            position = [rel_coord] if encoding == "relative" else []
+        position = []
+        if encoding != "none":
+            rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
+            if encoding == "periodic":  # rel_coord spans 2 units per cell: pi * rel_coord, one period
+                position = [torch.sin(torch.pi * rel_coord), torch.cos(torch.pi * rel_coord)]
+            else:
+                position = [rel_coord]
         return torch.cat([q_feat, *position, rel_cell], 1)
 
     def net(self, x: torch.Tensor, norm_fn: NormFn | None = None) -> torch.Tensor:
