@@ -64,3 +64,39 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int 
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     value = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
     return value.flatten(1).mean(1)
+
+
+def seam_ratio(images: torch.Tensor, cell: int, order: int = 1) -> tuple[float, float]:
+    """How much a periodic grid of lines every ``cell`` pixels stands out, along x and along y.
+
+    ``images``: ``B x C x H x W`` whose pixel 0 sits on a cell border (e.g. a canvas rendered from a field with
+    ``cell`` pixels per feature cell, or a crop starting at a multiple of ``cell``). The mean |difference
+    between neighbouring pixels| is taken per position within the cell (difference ``j -> j+1`` at position
+    ``(j + 1) mod cell``, so position 0 straddles a border); the ratio is the largest position's mean over the
+    median position's. A seamless image gives about 1; a line at every border, far more. ``(along_x,
+    along_y)``: ``along_x`` compares horizontal neighbours, so it measures vertical lines.
+
+    ``order=2`` uses second differences (centred on pixel ``j + 1``) instead: it finds bends, lines where the
+    image's slope jumps though its value is continuous (e.g. at the cell centres of a bilinearly interpolated
+    field, position ``cell // 2``).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"seam_ratio needs a B x C x H x W batch, got shape {tuple(images.shape)}")
+    if isinstance(cell, bool) or int(cell) != cell or cell < 2:
+        raise ValueError(f"cell must be an integer number of pixels >= 2, got {cell!r}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    cell = int(cell)
+    if min(images.shape[2:]) <= cell + order - 1:
+        raise ValueError(f"images of {tuple(images.shape[2:])} pixels hold no whole cell of {cell} pixels")
+
+    def along(x: torch.Tensor) -> float:  # differences along the last axis, per position within the cell
+        per_step = torch.diff(x, n=order, dim=-1).abs().mean(dim=(0, 1, 2))
+        position = (torch.arange(1, per_step.numel() + 1) % cell).to(per_step.device)
+        per_position = torch.zeros(cell, dtype=torch.float64, device=per_step.device)
+        per_position.index_add_(0, position, per_step)
+        per_position /= torch.bincount(position, minlength=cell).to(per_position)
+        return float(per_position.max() / per_position.median().clamp_min(1e-12))
+
+    x = images.double()
+    return along(x), along(x.transpose(-1, -2))

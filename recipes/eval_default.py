@@ -13,6 +13,11 @@ Prints one table:
   generated 1024^2 images and of real 1024^2 images, for INFD and for the baseline "render at the input size,
   bicubic-upsample to 1024" (the paper's LDM + super-resolution comparison);
 - unconditional samples: the same distance on whole images, beside the real-vs-real floor;
+- seams: :func:`infd_solve.metrics.seam_ratio` (the largest over the median mean |neighbour difference| per
+  position within a feature cell, along x and y; about 1 without seams) of unconditional samples rendered at
+  1024 (whole canvases less one cell at each edge, where the renderer's zero padding is not a seam) and at
+  2048 (one 512x512 window per sample on the cell lattice, away from the edges, to stay cheap); the same of
+  second differences ("bend": where the slope jumps, e.g. at the cell centres of bilinear features);
 - domain CLIP zero-shot top-1 over the label set on held-out crops dominated (>= 60 %) by one label.
 """
 
@@ -33,7 +38,7 @@ from infd_solve import cli
 from infd_solve.clip import load_clip
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import save_figure
-from infd_solve.metrics import area_downsample, frechet_distance, psnr
+from infd_solve.metrics import area_downsample, frechet_distance, psnr, seam_ratio
 
 
 def gt(scene, box=(0, 0, 1, 1), size=(256, 256)) -> torch.Tensor:
@@ -65,7 +70,8 @@ def main(argv=None):
     p.add_argument("--crops", type=int, default=4, help="64x64 crops per image for patch realism")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps for unconditional samples")
     p.add_argument("--full", action="store_true", help="render whole 1024 canvases instead of windows")
-    p.add_argument("--quick", action="store_true", help="2 crops per image")
+    p.add_argument("--seam-samples", type=int, default=32, help="unconditional samples for the seam ratios")
+    p.add_argument("--quick", action="store_true", help="2 crops per image, 8 samples for the seam ratios")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/eval_default"))
     p.add_argument("--threads", type=int, default=None)
@@ -74,6 +80,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.quick:
         args.crops = 2
+        args.seam_samples = min(args.seam_samples, 8)
     t_start = time.time()
     model = infd_solve.load_model(args.model)
     clip = load_clip(args.clip)
@@ -135,6 +142,13 @@ def main(argv=None):
     table["sample FD (whole images)"] = frechet_distance(f_samples, f_a)
     table["real-vs-real FD floor"] = frechet_distance(f_b, f_a)
 
+    # ---- seams at feature-cell borders, in samples at 1024 and 2048
+    field_size = phis[0].shape[-1]
+    seam_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other sections' crops stay as before
+    for size, ratios in seams(model, phis[: args.seam_samples], field_size, seam_rng).items():
+        for kind, (along_x, along_y) in ratios.items():
+            table[f"{kind} ratio @{size} along x"], table[f"{kind} ratio @{size} along y"] = along_x, along_y
+
     # ---- domain CLIP zero-shot top-1 on held-out crops dominated by one label
     prompts = label_captions()
     text = clip.encode_text([prompts[label] for label in LABELS])
@@ -156,6 +170,31 @@ def main(argv=None):
     figure(scenes[:4], phis[:4], model, args.out.with_suffix(".png"), table)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return table
+
+
+@torch.no_grad()
+def seams(model, phis, field_size: int, rng, sizes=(1024, 2048), window: int = 512, whole: int = 1024) -> dict:
+    """``{size: {"seam": (along_x, along_y), "bend": (along_x, along_y)}}`` for ``phis`` rendered at each size:
+    :func:`seam_ratio` of first differences (lines) and of second differences (slope jumps).
+
+    Up to ``whole``: whole canvases less one cell at each edge. Larger: one ``window``-pixel square per field,
+    starting on a cell border at least one cell from the canvas edges.
+    """
+    out = {}
+    for size in sizes:
+        if size % field_size:  # cells would not sit on the pixel lattice
+            continue
+        cell = size // field_size
+        if size <= whole:
+            images = torch.cat([model.render_image(phi, size)[..., cell:-cell, cell:-cell]
+                                for phi in tqdm(phis, desc=f"seams @{size}")])
+        else:
+            starts = rng.integers(1, (size - window) // cell, size=(len(phis), 2)) * cell
+            images = torch.cat([model.render(phi, window, (l / size, t / size, (l + window) / size,
+                                                           (t + window) / size))
+                                for phi, (t, l) in zip(tqdm(phis, desc=f"seams @{size}"), starts)])
+        out[size] = {"seam": seam_ratio(images, cell), "bend": seam_ratio(images, cell, order=2)}
+    return out
 
 
 def figure(scenes, phis, model, path: Path, table: dict) -> None:

@@ -36,6 +36,7 @@ from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import LandscapeDataset, render_scene
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
+from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -150,8 +151,27 @@ def default_config(args) -> INFDConfig:
     return INFDConfig(
         z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed or None,
         renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
-                  "feature_sampling": args.feature_sampling}, unet=None,
+                  "feature_sampling": args.feature_sampling, "coord_encoding": args.coord_encoding}, unet=None,
     )
+
+
+def adapt_renderer_input(weight: torch.Tensor, features: int, old: str, new: str) -> torch.Tensor:
+    """The init's renderer ``conv_in`` weight (``[out, in, k, k]``) for another ``coord_encoding``.
+
+    Feature and cell columns are copied. From ``relative`` to ``periodic``, the sine columns take the relative
+    coordinate's weights divided by pi (sin(pi r) ~ pi r, so the net starts as before near cell centres) and
+    the cosine columns start at zero; other new position columns start at zero, and dropped ones are dropped.
+    """
+    if old == new:
+        return weight
+    n_old, n_new = COORD_CHANNELS[old], COORD_CHANNELS[new]
+    if weight.shape[1] != features + n_old + 2:
+        raise ValueError(f"renderer input of {weight.shape[1]} channels does not match coord_encoding {old!r}")
+    feat, position, cell = weight.split([features, n_old, 2], dim=1)
+    new_position = weight.new_zeros(weight.shape[0], n_new, *weight.shape[2:])
+    if old == "relative" and new == "periodic":
+        new_position[:, :2] = position / math.pi
+    return torch.cat([feat, new_position, cell], 1)
 
 
 def parse_args(argv=None):
@@ -166,8 +186,13 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32, help="renderer hidden channels")
     p.add_argument("--n-embed", type=int, default=512, help="codebook size; 0: no quantizer (continuous latents)")
-    p.add_argument("--feature-sampling", choices=["nearest", "bilinear"], default="nearest",
+    p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING), default="nearest",
                    help="renderer feature lookup (nearest: official CLIF)")
+    p.add_argument("--coord-encoding", choices=list(COORD_CHANNELS),
+                   help="renderer input for the position within a cell (relative: official CLIF, the default "
+                        "without --init; periodic: sin/cos, continuous across cell borders; none: left out). "
+                        "Default with --init: the init's. A different one adapts the init's renderer input layer "
+                        "(see adapt_renderer_input)")
     p.add_argument("--init", help="start from this model directory (same autoencoder sizes)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train decoder and renderer only: the latents, and a denoiser trained on them, stay valid")
@@ -230,9 +255,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
 
+    init = infd_solve.load_model(args.init) if args.init else None
+    if args.coord_encoding is None:
+        args.coord_encoding = init.config.renderer.coord_encoding if init else "relative"
     config = default_config(args)
     if args.init:
-        init = infd_solve.load_model(args.init)
         if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it
             config = dataclasses.replace(config, unet=init.config.unet, scheduler=init.config.scheduler,
                                          latent_scale=init.config.latent_scale)
@@ -240,7 +267,11 @@ def main(argv=None):
     if args.init:
         skip = ("unet.",) if not args.freeze_encoder or init.config.unet is None else ()
         skip += ("quantizer.",) if model.quantizer is None else ()  # fine-tune the decoder on unquantized z
-        model.load_state_dict({k: v for k, v in init.state_dict().items() if not k.startswith(skip)})
+        weights = {k: v for k, v in init.state_dict().items() if not k.startswith(skip)}
+        weights["renderer.conv_in.weight"] = adapt_renderer_input(
+            weights["renderer.conv_in.weight"], config.renderer.feature_channels,
+            init.config.renderer.coord_encoding, config.renderer.coord_encoding)
+        model.load_state_dict(weights)
     frozen = ("unet.", "encoder.", "quantizer.") if args.freeze_encoder else ("unet.",)
     model.encoder.requires_grad_(not args.freeze_encoder)
     if model.quantizer is not None:

@@ -8,7 +8,7 @@ import torch
 import infd_solve
 from infd_solve import pretrained
 from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
-from infd_solve.metrics import area_downsample, psnr
+from infd_solve.metrics import area_downsample, psnr, seam_ratio
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,19 @@ def test_default_renderer_is_local_and_scale_consistent(default):
         assert (model.render(phi, 64, box) - full[..., 128:192, 64:128]).abs().max() < 1e-5  # crop = crop
         fine = model.render(phi, 256, box)  # the box at 1024 pixel density
         assert psnr(area_downsample(fine, 4), full[..., 128:192, 64:128]).item() >= 32
+
+
+def test_default_draws_no_seams_at_cell_borders(default):
+    """Rendered far beyond its field's size, a sample shows no line at the feature-cell borders and no bend
+    (slope jump) at the cell centres."""
+    model, _ = default
+    z = model.sample(2, steps=10, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], progress=False)
+    with torch.no_grad():
+        phi = model.decode(z)
+        for size in (1024, 2048):  # the same interior quarter box (on the cell lattice) at both densities
+            image, cell = model.render(phi, size // 4, (0.25, 0.25, 0.5, 0.5)), size // phi.shape[-1]
+            seams, bends = seam_ratio(image, cell), seam_ratio(image, cell, order=2)
+            assert max(seams) <= 1.5 and max(bends) <= 2, (size, seams, bends)
 
 
 def test_default_reconstructs_held_out_scenes(default):

@@ -25,7 +25,7 @@ def crop(image, size, box):
     return image[..., round(t * h): round(b * h), round(l * w): round(r * w)]
 
 
-@pytest.mark.parametrize("sampling", ["nearest", "bilinear"])
+@pytest.mark.parametrize("sampling", ["nearest", "bilinear", "bicubic"])
 def test_local_renderer_box_is_exact_crop(local_model, sampling, monkeypatch):
     assert local_model.renderer.is_local and local_model.renderer.receptive_radius == 6
     monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
@@ -49,6 +49,45 @@ def test_bilinear_features_are_continuous_across_cells(local_model, monkeypatch)
         feat = query[:, :32]
         jumps[sampling] = (feat[..., 1:] - feat[..., :-1]).abs().amax(dim=(0, 1, 2)).max().item()
     assert jumps["bilinear"] < 0.25 * jumps["nearest"]
+
+
+def test_bicubic_features_bend_smoothly_at_cell_centres(local_model, monkeypatch):
+    """Bilinear features are piecewise linear: their slope jumps at every cell centre; bicubic ones' does not."""
+    phi = field(local_model, batch=1)
+    coord, cell = local_model_grid(1024)  # 32 query pixels per cell; one row is enough
+    bends = {}
+    for sampling in ("bilinear", "bicubic"):
+        monkeypatch.setattr(local_model.renderer.config, "feature_sampling", sampling)
+        feat = local_model.renderer.query(phi, coord[:, 512:513], cell[:, 512:513])[:, :32]
+        bends[sampling] = (feat[..., 2:] - 2 * feat[..., 1:-1] + feat[..., :-2]).abs().max().item()
+    assert bends["bicubic"] < 0.3 * bends["bilinear"]
+
+
+def test_bicubic_on_a_pixel_grid_matches_grid_sample():
+    """The separable bicubic lookup (two matrix products) gives grid_sample's values and gradients, inside the
+    canvas, on a halo past its edge, and on a non-square field."""
+    import torch.nn.functional as F
+
+    from infd_solve.models.renderer import _cubic_weights, _is_pixel_grid
+    from infd_solve.rendering import pixel_grid
+
+    g = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        for phi_shape, box, rows, cols in [((2, 5, 8, 8), (0, 0, 1, 1), (-3, 40), (-3, 37)),
+                                           ((1, 4, 6, 11), (0.3, 0.1, 0.7, 0.9), None, None)]:
+            phi = torch.randn(*phi_shape, generator=g, requires_grad=True)
+            coord, _ = pixel_grid(box, (37, 34), rows, cols)
+            sheared = coord + 0.01 * coord.flip(-1)  # rows no longer share one y: grid_sample is used
+            assert _is_pixel_grid(coord) and not _is_pixel_grid(sheared)
+            reference = F.grid_sample(phi, coord.flip(-1).expand(len(phi), -1, -1, -1), mode="bicubic",
+                                      padding_mode="border", align_corners=False)
+            separable = _cubic_weights(coord[0, :, 0, 0], phi.shape[2]) @ phi @ _cubic_weights(
+                coord[0, 0, :, 1], phi.shape[3]).T
+            assert (separable - reference).abs().max().item() < 1e-5
+            weights = torch.randn(reference.shape, generator=g)
+            grad_ref, = torch.autograd.grad((reference * weights).sum(), phi)
+            grad_sep, = torch.autograd.grad((separable * weights).sum(), phi)
+            assert (grad_sep - grad_ref).abs().max().item() < 1e-4
 
 
 def local_model_grid(size):

@@ -2,7 +2,8 @@
 
 For each query pixel it takes the nearest feature vector of ``phi``, the query's coordinate relative to that
 feature's centre and the pixel size (both in units of one feature cell), and passes the concatenation through
-a small convolutional net over the query grid.
+a small convolutional net over the query grid. ``feature_sampling`` and ``coord_encoding`` replace the first
+two inputs by ones that are continuous across cell borders (see :class:`RendererConfig`).
 
 With ``normalize=True`` (the official renderer) every GroupNorm takes its statistics over the whole grid of
 one call, so what a pixel looks like depends on which other pixels are rendered with it. With
@@ -22,6 +23,34 @@ from torch import nn
 # norm_fn(index, norm_layer, h) -> normalized h. Lets tiled rendering supply grid-wide statistics.
 NormFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
+# Renderer input channels that encode the query's position within its cell, per ``coord_encoding``.
+COORD_CHANNELS = {"relative": 2, "periodic": 4, "none": 0}
+FEATURE_SAMPLING = ("nearest", "bilinear", "bicubic")
+
+
+def _is_pixel_grid(coord: torch.Tensor) -> bool:
+    """One grid of rows x columns (as :func:`infd_solve.rendering.pixel_grid` makes): y varies only down the
+    rows, x only along the columns."""
+    if coord.shape[0] != 1:
+        return False
+    y, x = coord[..., 0], coord[..., 1]
+    return bool((y == y[:, :, :1]).all() and (x == x[:, :1, :]).all())
+
+
+def _cubic_weights(pos: torch.Tensor, size: int) -> torch.Tensor:
+    """``[len(pos), size]``: the weights grid_sample's bicubic lookup (``align_corners=False``, border
+    padding, its cubic convolution with A = -0.75) gives the ``size`` cells of one axis at canvas
+    coordinates ``pos`` in [-1, 1]."""
+    a = -0.75
+    index = ((pos + 1) * size - 1) / 2
+    first = index.floor()
+    t = (index - first).unsqueeze(1)
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    taps = torch.cat([far(t + 1), near(t), near(1 - t), far(2 - t)], 1)
+    cells = (first.long().unsqueeze(1) + torch.arange(-1, 3, device=pos.device)).clamp(0, size - 1)
+    return torch.zeros(len(pos), size, dtype=pos.dtype, device=pos.device).scatter_add_(1, cells, taps)
+
 
 @dataclass
 class RendererConfig:
@@ -32,12 +61,25 @@ class RendererConfig:
     num_res_blocks: int = 2
     # "nearest": the official CLIF lookup. "bilinear": features interpolated between the four nearest cells, so
     # the field is continuous at any zoom (a small field rendered far larger than its size shows no blocks);
-    # the relative coordinate is still taken to the nearest cell's centre.
+    # the relative coordinate is still taken to the nearest cell's centre. "bicubic": the same from the 4x4
+    # nearest cells, so the field's slope is continuous too (bilinear bends at every cell centre).
     feature_sampling: str = "nearest"
+    # How the query's position within its cell enters the net. "relative": the official relative coordinate,
+    # which jumps from +1/2 to -1/2 cell at every cell border, so the net draws a line there even when the
+    # features are continuous. "periodic": sin and cos of 2 pi x (relative coordinate in cells), one period
+    # per cell, so the input is smooth across borders yet still tells the net where in the cell it is.
+    # A net given that position can also draw texture that repeats with every cell (a soft grid).
+    # "none": no position within the cell (with bilinear or bicubic sampling the features alone still vary
+    # smoothly, so nothing the net sees depends on where a cell border lies).
+    coord_encoding: str = "relative"
 
     def __post_init__(self):
-        if self.feature_sampling not in ("nearest", "bilinear"):
-            raise ValueError(f"feature_sampling must be 'nearest' or 'bilinear', got {self.feature_sampling!r}")
+        if self.feature_sampling not in FEATURE_SAMPLING:
+            raise ValueError(f"feature_sampling must be one of {', '.join(map(repr, FEATURE_SAMPLING))}, "
+                             f"got {self.feature_sampling!r}")
+        if self.coord_encoding not in COORD_CHANNELS:
+            raise ValueError(f"coord_encoding must be one of {', '.join(map(repr, COORD_CHANNELS))}, "
+                             f"got {self.coord_encoding!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
         if self.normalize and self.hidden_channels % 32:
@@ -66,10 +108,15 @@ class CLIFRenderer(nn.Module):
         super().__init__()
         self.config = config
         c, k = config.hidden_channels, config.kernel_size
-        self.conv_in = nn.Conv2d(config.feature_channels + 4, c, k, padding=k // 2)
+        self.conv_in = nn.Conv2d(self.in_channels, c, k, padding=k // 2)
         self.resnets = nn.ModuleList(ResBlock(c, k, config.normalize) for _ in range(config.num_res_blocks))
         self.norm_out = _norm(c, config.normalize)
         self.conv_out = nn.Conv2d(c, 3, k, padding=k // 2)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of ``query``'s output: feature, position within the cell (per ``coord_encoding``), cell."""
+        return self.config.feature_channels + COORD_CHANNELS[self.config.coord_encoding] + 2
 
     @property
     def is_local(self) -> bool:
@@ -88,26 +135,42 @@ class CLIFRenderer(nn.Module):
         return layers + [self.norm_out]
 
     def query(self, phi: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Renderer input ``[B, C+4, H, W]``: nearest feature, relative coordinate, relative cell.
+        """Renderer input ``[B, in_channels, H, W]``: feature, position within the cell, relative cell.
+
+        Official (``nearest``, ``relative``): nearest feature, coordinate relative to its centre, cell size,
+        the last two in units of one feature cell.
 
         ``coord``/``cell``: ``[B or 1, H, W, 2]`` with ``[..., 0]`` the row (y) and ``[..., 1]`` the column
         (x) component in [-1, 1] canvas units.
         """
         b, c, h, w = phi.shape
+        sampling, encoding = self.config.feature_sampling, self.config.coord_encoding
+        grid = coord.flip(-1).expand(b, *coord.shape[1:])  # grid_sample wants (x, y) order
+        if sampling == "nearest" or encoding != "none":
+            rows = -1 + (2 * torch.arange(h, dtype=phi.dtype, device=phi.device) + 1) / h
+            cols = -1 + (2 * torch.arange(w, dtype=phi.dtype, device=phi.device) + 1) / w
+            centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(b, 2, h, w)
+            # One nearest lookup fetches the feature and its cell centre; grid_sample rounds half to even,
+            # which is the official tie-breaking.
+            picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
+            q_feat, q_centre = picked[:, :c], picked[:, c:]
+        if sampling == "bicubic" and _is_pixel_grid(coord):
+            # On a grid of rows x columns the bicubic lookup is two small matrix products: the same values as
+            # grid_sample's, and far cheaper to differentiate (its bicubic backward is slow on CPU).
+            rows_w, cols_w = (_cubic_weights(coord[0, :, 0, 0], h), _cubic_weights(coord[0, 0, :, 1], w))
+            q_feat = rows_w.to(phi.dtype) @ phi @ cols_w.to(phi.dtype).T
+        elif sampling != "nearest":
+            q_feat = F.grid_sample(phi, grid, mode=sampling, padding_mode="border", align_corners=False)
         scale = torch.tensor([h, w], dtype=phi.dtype, device=phi.device).view(1, 2, 1, 1)
-        rows = -1 + (2 * torch.arange(h, dtype=phi.dtype, device=phi.device) + 1) / h
-        cols = -1 + (2 * torch.arange(w, dtype=phi.dtype, device=phi.device) + 1) / w
-        centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(b, 2, h, w)
-        # One nearest lookup fetches the feature and its cell centre; grid_sample wants (x, y) order and
-        # rounds half to even, which is the official tie-breaking.
-        grid = coord.flip(-1).expand(b, *coord.shape[1:])
-        picked = F.grid_sample(torch.cat([phi, centres], 1), grid, mode="nearest", align_corners=False)
-        q_feat, q_centre = picked[:, :c], picked[:, c:]
-        if self.config.feature_sampling == "bilinear":
-            q_feat = F.grid_sample(phi, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
         rel_cell = cell.permute(0, 3, 1, 2).expand(b, -1, -1, -1) * scale
-        return torch.cat([q_feat, rel_coord, rel_cell], 1)
+        position = []
+        if encoding != "none":
+            rel_coord = (coord.permute(0, 3, 1, 2) - q_centre) * scale
+            if encoding == "periodic":  # rel_coord spans 2 units per cell: pi * rel_coord, one period
+                position = [torch.sin(torch.pi * rel_coord), torch.cos(torch.pi * rel_coord)]
+            else:
+                position = [rel_coord]
+        return torch.cat([q_feat, *position, rel_cell], 1)
 
     def net(self, x: torch.Tensor, norm_fn: NormFn | None = None) -> torch.Tensor:
         """The conv net over the query grid; ``norm_fn`` may replace how each norm layer is applied."""
