@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -27,123 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch import nn
 from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
-from infd_solve.data import LandscapeDataset, render_scene
-from infd_solve.io import atomic_path, save_figure
+from infd_solve.io import atomic_path
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING
+from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, adapt_renderer_input,
+                                 adaptive_gan_weight, write_train_log)
+from infd_solve.viz import plot_training
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-# ---------------------------------------------------------------------------------------------------- data
-def _to_tensor(rgb01: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb01)).permute(2, 0, 1).float() * 2 - 1
-
-
-class LandscapeSource:
-    """Procedural scenes: ground truth is rendered directly at the chosen resolution (exact, antialiased)."""
-
-    def __init__(self, input_size, patch, max_res, mixed=False, balanced=False, num_scenes=100_000, seed=0):
-        self.input_size, self.patch, self.max_res = input_size, patch, max_res
-        self.balanced = balanced
-        self.data = LandscapeDataset(num_scenes, seed=seed, low_res=max(input_size, min(256, max_res)),
-                                     high_res=max_res, mixed=mixed)
-        self.high = [i for i in range(len(self.data)) if self.data.max_resolution(i) == max_res]
-
-    def example(self, rng: np.random.Generator):
-        if self.balanced and self.high and rng.random() < 0.5:  # §5.3: half the batch from high-res images
-            index = int(rng.choice(self.high))
-        else:
-            index = int(rng.integers(len(self.data)))
-        scene, top_res = self.data.scene(index), self.data.max_resolution(index)
-        x, _ = render_scene(scene, size=(self.input_size, self.input_size))
-        res = _random_resolution(rng, max(self.input_size, self.patch), top_res)
-        box = _random_crop_box(rng, res, self.patch)
-        gt, _ = render_scene(scene, box, (self.patch, self.patch))
-        return _to_tensor(x), _to_tensor(gt), torch.tensor(box)
-
-
-class ImageFolderSource:
-    """Your own images of mixed sizes (centre square crop); ground truth by area downsampling."""
-
-    def __init__(self, folder, input_size, patch, max_res):
-        self.paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
-        self.input_size, self.patch, self.max_res = input_size, patch, max_res
-
-    def example(self, rng: np.random.Generator):
-        path = self.paths[int(rng.integers(len(self.paths)))]
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side))
-        x = im.resize((self.input_size, self.input_size), Image.Resampling.BOX)
-        res = _random_resolution(rng, max(self.input_size, self.patch), min(self.max_res, side))
-        box = _random_crop_box(rng, res, self.patch)
-        full = im.resize((res, res), Image.Resampling.BOX) if res != side else im
-        l, t = round(box[0] * res), round(box[1] * res)
-        gt = full.crop((l, t, l + self.patch, t + self.patch))
-        as01 = lambda img: np.asarray(img, dtype=np.float32) / 255
-        return _to_tensor(as01(x)), _to_tensor(as01(gt)), torch.tensor(box)
-
-
-def _random_resolution(rng, low, high) -> int:
-    """Log-uniform, so every scale octave gets the same share of training."""
-    if high <= low:
-        return int(low)
-    return int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
-
-
-def _random_crop_box(rng, res, patch):
-    i, j = rng.integers(0, res - patch + 1, size=2)
-    return (j / res, i / res, (j + patch) / res, (i + patch) / res)
-
-
-class Batches(torch.utils.data.IterableDataset):
-    def __init__(self, source, batch_size, seed):
-        self.source, self.batch_size, self.seed = source, batch_size, seed
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
-        while True:
-            xs, gts, boxes = zip(*(self.source.example(rng) for _ in range(self.batch_size)))
-            yield torch.stack(xs), torch.stack(gts), torch.stack(boxes)
-
-
-# ------------------------------------------------------------------------------------------- discriminator
-class PatchDiscriminator(nn.Module):
-    """Small PatchGAN (as the official trainer's, fewer channels)."""
-
-    def __init__(self, channels=32, layers=2):
-        super().__init__()
-        blocks, c = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)], channels
-        for _ in range(layers - 1):
-            blocks += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2)]
-            c *= 2
-        blocks += [nn.Conv2d(c, 1, 3, 1, 1)]
-        self.main = nn.Sequential(*blocks)
-
-    def forward(self, x):
-        return self.main(x)
-
-
-def adaptive_gan_weight(rec_loss, gan_loss, last_layer) -> torch.Tensor:
-    """Eq. 2: balance the GAN gradient against the reconstruction gradient at the last layer."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
-
-
-# --------------------------------------------------------------------------------------------------- model
 def default_config(args) -> INFDConfig:
     levels = [1] + [2] * (int(math.log2(args.input_size // args.latent)))
     stack = {"ch": args.ch, "ch_mult": levels, "num_res_blocks": args.res_blocks, "resolution": args.input_size,
@@ -153,25 +46,6 @@ def default_config(args) -> INFDConfig:
         renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
                   "feature_sampling": args.feature_sampling, "coord_encoding": args.coord_encoding}, unet=None,
     )
-
-
-def adapt_renderer_input(weight: torch.Tensor, features: int, old: str, new: str) -> torch.Tensor:
-    """The init's renderer ``conv_in`` weight (``[out, in, k, k]``) for another ``coord_encoding``.
-
-    Feature and cell columns are copied. From ``relative`` to ``periodic``, the sine columns take the relative
-    coordinate's weights divided by pi (sin(pi r) ~ pi r, so the net starts as before near cell centres) and
-    the cosine columns start at zero; other new position columns start at zero, and dropped ones are dropped.
-    """
-    if old == new:
-        return weight
-    n_old, n_new = COORD_CHANNELS[old], COORD_CHANNELS[new]
-    if weight.shape[1] != features + n_old + 2:
-        raise ValueError(f"renderer input of {weight.shape[1]} channels does not match coord_encoding {old!r}")
-    feat, position, cell = weight.split([features, n_old, 2], dim=1)
-    new_position = weight.new_zeros(weight.shape[0], n_new, *weight.shape[2:])
-    if old == "relative" and new == "periodic":
-        new_position[:, :2] = position / math.pi
-    return torch.cat([feat, new_position, cell], 1)
 
 
 def parse_args(argv=None):
@@ -213,38 +87,6 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="data-generating processes")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
-
-
-def write_train_log(out: Path, argv, **fields) -> dict:
-    """``OUT/train_log.json``: the exact command line plus ``fields``, written atomically and printed."""
-    command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
-    log = {"command": command, **fields}
-    with atomic_path(out / "train_log.json") as tmp:
-        tmp.write_text(json.dumps(log, indent=2) + "\n")
-    print(json.dumps(log, indent=2))
-    return log
-
-
-def plot_losses(history: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in history.items():
-        if name == "step" or not values:
-            continue
-        v = np.asarray(values, dtype=float)
-        k = max(1, len(v) // 100)
-        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-        ax.plot(history["step"][k - 1 :][: len(smooth)], smooth, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
 
 
 def main(argv=None):
@@ -355,7 +197,7 @@ def main(argv=None):
 
     model.eval()
     model.save(out / "infd")
-    plot_losses(history, out / "losses.png", f"autoencoder ({perceptual_name})")
+    plot_training(history, out / "losses.png", f"autoencoder ({perceptual_name})")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
                     perceptual=perceptual_name,
                     final={k: float(np.mean(v[-200:])) for k, v in history.items() if k != "step" and v},

@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDModel
-from infd_solve.data import render_scene, sample_scene
 from infd_solve.io import atomic_path
 from infd_solve.models.official import unet_config_from_official
+from infd_solve.training import encode_scenes, write_train_log
+from infd_solve.viz import plot_training
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_autoencoder import plot_losses, write_train_log  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -53,17 +52,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
-
-
-@torch.no_grad()
-def encode_scenes(model: INFDModel, num_scenes: int, batch: int = 64) -> torch.Tensor:
-    size = model.config.input_size
-    latents = []
-    for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
-        images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
-        latents.append(model.encode(x))
-    return torch.cat(latents)
 
 
 def main(argv=None):
@@ -149,7 +137,7 @@ def main(argv=None):
     model.unet.load_state_dict(ema.state_dict())
     model.eval()
     model.save(out / "infd")
-    plot_losses(history, out / "losses.png", "latent diffusion (epsilon MSE)")
+    plot_training(history, out / "losses.png", "latent diffusion (epsilon MSE)")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
                     final_mse=float(np.mean(history["mse"][-200:])), latent_scale=config.latent_scale,
                     denoiser_parameters=sum(p.numel() for p in unet.parameters()))

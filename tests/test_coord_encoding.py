@@ -68,7 +68,8 @@ def test_periodic_renderer_box_is_exact_crop():
 
 # --------------------------------------------------------------------------------------- fine-tuning
 def test_adapt_renderer_input_keeps_features_and_cell():
-    adapt = load_recipe("train_autoencoder").adapt_renderer_input
+    from infd_solve.training import adapt_renderer_input as adapt
+
     weight = torch.randn(8, 32 + 2 + 2, 3, 3)
     periodic = adapt(weight, 32, "relative", "periodic")
     assert periodic.shape == (8, 38, 3, 3)
