@@ -67,12 +67,15 @@ class Result:
     def report(self) -> dict[str, dict[str, list[float]]]:
         """``{constraint name: {measure: per-sample values}}`` on the result: each constraint's box rendered at
         its size from the final field and scored by :meth:`Constraint.score` (loss, and e.g. PSNR against an
-        observation or CLIP similarity)."""
-        out = {}
+        observation or CLIP similarity); a solved result adds ``guided``: 1 if the constraint guided that
+        sample at some step, else 0 (see :meth:`never_guided`)."""
+        out, unguided = {}, self.never_guided() if "loss" in self.history else None
         with torch.no_grad():
             for c in self.constraints:
                 scores = c.score(self.model.render(self.field, c.score_size, c.box))
                 out[c.name] = {k: v.double().cpu().tolist() for k, v in scores.items()}
+                if unguided is not None:
+                    out[c.name]["guided"] = [float(i not in unguided.get(c.name, ())) for i in range(len(self.field))]
         return out
 
     def never_guided(self) -> dict[str, list[int]]:

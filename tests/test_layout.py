@@ -185,7 +185,8 @@ def test_a_new_constraint_works_in_layouts_solves_reports_and_overlays(tmp_path)
     assert error_of({"items": [{"type": "test-vignette"}]}).startswith("items[0].darkness: missing")
     model = tiny_model(normalize=False)
     result = Solver(model, steps=2, progress=False).solve([c], seed=0)
-    assert set(result.report()["vignette:0.5"]) == {"loss"}
+    assert result.report()["vignette:0.5"].keys() == {"loss", "guided"}
+    assert result.report()["vignette:0.5"]["guided"] == [1.0]
     from infd_solve.viz import plot_layout
 
     image = result.save(tmp_path / "out.png", 64)

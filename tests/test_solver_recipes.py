@@ -294,7 +294,7 @@ def test_super_resolution_bad_input_exits_2(sr_cli, model_dir, inputs, tmp_path,
         ([str(tmp_path / "none.png"), "--upscale", "2", "-o", str(tmp_path / "o.png")], "no image file"),
         ([str(photo), "--upscale", "2", "-o", str(photo)], "also an input"),
         ([str(photo), "--size", "16", "-o", str(tmp_path / "o.png")], "between the input side 32"),
-        ([str(photo), "--upscale", "2", "-o", str(tmp_path / "o.unknownext")], "unknown image extension"),
+        ([str(photo), "--upscale", "2", "-o", str(tmp_path / "o.unknownext")], "cannot write RGB images as"),
         ([str(inputs / "known.png").replace("known", "nothere"), "--upscale", "2"], "no image file"),
     ]
     for argv, fragment in cases:

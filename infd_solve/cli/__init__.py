@@ -181,13 +181,10 @@ def solve_observation(args, model_file, constraint, canvas) -> tuple:
 
 
 def output_path(path) -> Path:
-    """An output image path, checked before any work: its extension must be one PIL writes."""
-    from PIL import Image
+    """An output image path, checked before any work (see :func:`infd_solve.io.check_output`)."""
+    from ..io import check_output
 
-    path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"output {path}: unknown image extension {path.suffix!r}; use .png")
-    return path
+    return check_output(path)
 
 
 def report_table(table: dict, json_path: Path, **meta) -> None:
