@@ -136,6 +136,7 @@ def sample_guided(
     max_grad_norm: float | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    region: Callable[[int, int], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """DDIM guided by the gradient of ``objective`` on the predicted clean sample.
 
@@ -148,7 +149,9 @@ def sample_guided(
     timesteps the step covers, so the total guidance does not shrink when fewer steps are taken (DDIM at
     25-50 steps). The objective is summed over the batch, which leaves every sample's gradient its own:
     a sample never depends on the rest of its batch. Samples whose loss or gradient is not finite get no
-    guidance that step (reported as ``skipped`` to the callback).
+    guidance that step (reported as ``skipped`` to the callback). ``region(i, t)``: an optional mask
+    (broadcastable to ``x``, or ``None``) that multiplies step i's gradient, confining guidance to part of the
+    latent.
 
     ``callback`` receives ``{"i", "t", "x", "x0", "loss", "terms", "grad_norm", "skipped"}`` after every step.
     """
@@ -174,6 +177,9 @@ def sample_guided(
             loss, terms = objective(x0, i, t)
             grad = (torch.autograd.grad(loss.sum(), wrt, allow_unused=True)[0] if loss.requires_grad else None)
         grad = torch.zeros_like(x) if grad is None else grad
+        mask = region(i, t) if region is not None else None
+        if mask is not None:  # before clipping, so the norm bound holds for what is applied
+            grad = grad * mask.to(grad)
         grad, skipped = _sanitize(grad, loss.detach(), max_grad_norm)
         x0, eps = x0.detach(), eps.detach()
         if mode == "x0":
