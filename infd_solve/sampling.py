@@ -44,6 +44,18 @@ def noise_like(shape: Sequence[int], generator: Generator, device=None, dtype=to
     return randn_tensor(tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
 
 
+def step_noises(shape: Sequence[int], generator: Generator, count: int, device=None, dtype=torch.float32):
+    """The noise of ``count`` successive steps, in order. Drawn from the same generators in the same order as
+    one :func:`noise_like` call per step (so the values are the same), but for an accelerator all of it is
+    drawn up front and copied once, instead of one host-to-device copy (and wait) per step."""
+    device = torch.device(device or "cpu")
+    if device.type == "cpu" or count == 0:
+        return (noise_like(shape, generator, device, dtype) for _ in range(count))
+    on_host = [noise_like(shape, generator, "cpu", dtype) for _ in range(count)]
+    stacked = torch.stack(on_host).pin_memory() if torch.cuda.is_available() else torch.stack(on_host)
+    return iter(stacked.to(device, non_blocking=True).unbind(0))
+
+
 def initial_noise(shape: Sequence[int], generator: Generator, noise: torch.Tensor | None, device=None,
                   dtype=torch.float32) -> torch.Tensor:
     """The sampler's start: ``noise`` if given (shape checked), else drawn from ``generator``."""
@@ -94,13 +106,14 @@ def sample_ddim(
     without touching the loop.
     """
     acp = alphas_cumprod.double().tolist()
+    noises = step_noises(x.shape, generator, len(timesteps) - 1 if eta > 0 else 0, x.device, x.dtype)
     for i, t in enumerate(tqdm(timesteps, desc="DDIM", disable=not progress)):
         a = acp[t]
         a_prev = acp[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = denoiser(x, t_batch)
         x0 = predict_x0(x, eps, a)
-        noise = noise_like(x.shape, generator, x.device, x.dtype) if eta > 0 and i + 1 < len(timesteps) else None
+        noise = next(noises) if eta > 0 and i + 1 < len(timesteps) else None
         x = ddim_step(x0, eps, a, a_prev, eta, noise)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "eps": eps})
@@ -158,6 +171,7 @@ def sample_guided(
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"mode must be one of {GUIDANCE_MODES}, got {mode!r}")
     acp = alphas_cumprod.double().tolist()
+    noises = step_noises(x.shape, generator, len(timesteps) - 1 if eta > 0 else 0, x.device, x.dtype)
     for i, t in enumerate(tqdm(timesteps, desc=f"guided DDIM ({mode})", disable=not progress)):
         a = acp[t]
         last = i + 1 == len(timesteps)
@@ -184,7 +198,7 @@ def sample_guided(
         x0, eps = x0.detach(), eps.detach()
         if mode == "x0":
             x0 = x0 - step / a**0.5 * grad
-        noise = noise_like(x.shape, generator, x.device, x.dtype) if eta > 0 and not last else None
+        noise = next(noises) if eta > 0 and not last else None
         x = ddim_step(x0, eps, a, a_prev, eta, noise)
         if mode == "dps":
             x = x - step * grad

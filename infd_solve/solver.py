@@ -7,6 +7,7 @@ weighted per-sample losses. :func:`infd_solve.sampling.sample_guided` does the s
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .constraints.base import Constraint
 from .io import check_output, save_image, write_png
 from .metrics import psnr
 from .models.infd import INFDModel
-from .rendering import FULL_CANVAS, check_box, check_size
+from .rendering import FULL_CANVAS, check_box, check_size, render_box
 from .sampling import GUIDANCE_MODES, ddim_timesteps, initial_noise, refine_latent, sample_guided
 
 
@@ -198,11 +199,18 @@ class Solver:
     constraints that opt in (``Constraint.refine``: observations do, CLIP boxes do not), for data
     consistency (see :func:`infd_solve.sampling.refine_latent`); ``None`` (default): ``DEFAULT_REFINE_STEPS``
     when some constraint opts in, else none.
+
+    For speed and memory (a GPU's): ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the denoiser,
+    decoder, renderer and losses of each guided step in that precision, the update in the model's own;
+    ``checkpoint_decoder`` recomputes the decoder's activations in the backward pass instead of keeping them
+    (less memory per sample); ``compile`` wraps the denoiser in ``torch.compile`` (``True``: inductor, or a
+    backend's name).
     """
 
     def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
                  scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
-                 refine_steps: int | None = None, refine_lr: float = 0.05, progress: bool = True):
+                 refine_steps: int | None = None, refine_lr: float = 0.05, progress: bool = True,
+                 autocast: torch.dtype | None = None, checkpoint_decoder: bool = False, compile: bool | str = False):
         if not isinstance(model, INFDModel):
             raise ValueError(f"model must be an INFDModel (from infd_solve.load_model), got {type(model).__name__}")
         if model.unet is None:
@@ -215,6 +223,19 @@ class Solver:
         self.eta, self.guidance, self.scale = options["eta"], options["guidance"], options["scale"]
         self.normalize, self.max_grad_norm = options["normalize"], options["max_grad_norm"]
         self.refine_steps, self.refine_lr = options["refine_steps"], options["refine_lr"]
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        self.autocast, self.checkpoint_decoder = autocast, checks.boolean(checkpoint_decoder, "checkpoint_decoder")
+        self.denoise = model.denoise
+        if compile:
+            backend = compile if isinstance(compile, str) else "inductor"
+            self.denoise = torch.compile(model.denoise, backend=backend, dynamic=False)
+
+    def _precision(self):
+        """The guided step's autocast context (the DDIM update itself stays in the model's dtype)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast)
 
     def objective(self, constraints: Sequence[Constraint], patches: Callable | None = None,
                   keys: Sequence[int] | None = None):
@@ -223,7 +244,10 @@ class Solver:
         ``patches(phi, constraints)`` gives each active constraint its patch; by default each renders its own
         box at its own grid (benchmarks pass other ways, e.g. cropping one render of the whole canvas).
         ``keys``: one integer per sample (its seed, default its index) for :meth:`Constraint.begin_step`."""
-        patches = patches or (lambda phi, active: [self.model.render(phi, c.size, c.box) for c in active])
+        # boxes and grids were checked when the constraints were made: render without checks (each check of
+        # a tensor's values waits for the device)
+        renderer = self.model.renderer
+        patches = patches or (lambda phi, active: [render_box(renderer, phi, c.box, c.size) for c in active])
 
         def evaluate(z0: torch.Tensor, i: int, t: int):
             active = [c for c in constraints if c.is_active(t)]
@@ -233,10 +257,12 @@ class Solver:
             for c in active:
                 c.begin_step(i, t, list(keys) if keys is not None else list(range(z0.shape[0])))
             terms = {}
-            for c, patch in zip(active, patches(self.model.decode(self.model.unscale(z0)), active)):
-                loss = c.loss(patch)
-                terms[c.name] = loss.detach()
-                total = total + c.weight * (loss.clamp_min(0).add(1e-12).sqrt() if self.normalize else loss)
+            with self._precision():
+                phi = self.model.decode_unchecked(self.model.unscale(z0), self.checkpoint_decoder)
+                for c, patch in zip(active, patches(phi, active)):
+                    loss = c.loss(patch).to(total.dtype)
+                    terms[c.name] = loss.detach()
+                    total = total + c.weight * (loss.clamp_min(0).add(1e-12).sqrt() if self.normalize else loss)
             return total, terms
 
         return evaluate
@@ -306,7 +332,12 @@ class Solver:
                 callback(state)
 
         objective = self.objective(constraints, keys=keys)
-        z = sample_guided(model.denoise, x, model.alphas_cumprod, self.timesteps, objective,
+
+        def denoise(x_t, t):
+            with self._precision():
+                return self.denoise(x_t, t).to(x_t.dtype)
+
+        z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective,
                           self.scale, self.guidance, self.eta, generator, self.max_grad_norm, record, self.progress,
                           region=guided_region(constraints, model.config.z_shape[1:], model.device, model.dtype))
         if refine_steps:

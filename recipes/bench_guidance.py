@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import infd_solve
+from infd_solve.cli import resolve_device
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox
 from infd_solve.io import atomic_path
@@ -55,9 +56,9 @@ def crop_canvas(model, size):
 
 
 def time_step(model, objective, mode, repeat):
-    x = torch.randn(1, *model.config.z_shape, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, *model.config.z_shape, generator=torch.Generator().manual_seed(0)).to(model.device)
     times = []
-    with PeakMemory(torch.device("cpu")) as memory:
+    with PeakMemory(model.device) as memory:
         for _ in range(repeat):
             start = time.perf_counter()
             sample_guided(model.denoise, x, model.alphas_cumprod, [500], objective, scale=1.0, mode=mode,
@@ -68,7 +69,7 @@ def time_step(model, objective, mode, repeat):
 
 def decoder_seconds(model, repeat):
     """Seconds of one decoder forward + backward pass (part of every guided step)."""
-    z = torch.randn(1, *model.config.z_shape).requires_grad_(True)
+    z = torch.randn(1, *model.config.z_shape, device=model.device).requires_grad_(True)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -79,7 +80,7 @@ def decoder_seconds(model, repeat):
 
 def denoiser_seconds(model, repeat):
     """Seconds of one denoiser forward without gradients (x0 guidance) and with its backward pass (DPS)."""
-    x, t = torch.randn(1, *model.config.z_shape), torch.tensor([500])
+    x, t = torch.randn(1, *model.config.z_shape, device=model.device), torch.tensor([500], device=model.device)
     times = {"forward": [], "forward + backward": []}
     for _ in range(repeat):
         start = time.perf_counter()
@@ -122,6 +123,55 @@ def x0_on_architecture(model, constraints, repeat):
             "denoiser_seconds": denoiser_seconds(model, repeat)}
 
 
+def random_clip(name: str, device):
+    """An open_clip architecture with random weights (nothing is downloaded): for timing only."""
+    import open_clip
+
+    from infd_solve.clip import OPENAI_MEAN, OPENAI_STD, ClipModel
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None).eval().requires_grad_(False).to(device)
+    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    return ClipModel(model, open_clip.get_tokenizer(name), OPENAI_MEAN, OPENAI_STD,
+                     size[0] if isinstance(size, (list, tuple)) else size, f"random {name}")
+
+
+def time_solves(model, constraints, sizes, batch_sizes, args):
+    """Seconds per DPS step and peak memory of whole solves (the library's own loop), per canvas and batch."""
+    device = model.device
+    solver = infd_solve.Solver(model, steps=args.steps, refine_steps=0, progress=False, autocast=args.autocast,
+                               checkpoint_decoder=args.checkpoint_decoder, compile=args.compile)
+    rows = []
+    for size in sizes:
+        boxed = [ClipBox(c.prompt, c.box, clip=c.clip, canvas=(size, size)) for c in constraints]
+        for batch in batch_sizes:
+            solver.solve(boxed, batch_size=batch, seed=0)  # warm-up: allocation, compilation
+            times = []
+            with PeakMemory(device) as memory:
+                for _ in range(args.repeat):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    solver.solve(boxed, batch_size=batch, seed=0)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times.append((time.perf_counter() - start) / args.steps)
+            rows.append({"size": size, "batch": batch, "seconds_per_step": statistics.median(times),
+                         "seconds_per_sample_step": statistics.median(times) / batch, "peak_mb": memory.peak / MB})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\nwhole solves, {args.steps} DPS steps, {len(constraints)} CLIP boxes, device {device}, "
+          f"autocast {args.autocast}, checkpoint_decoder {args.checkpoint_decoder}, compile {args.compile}")
+    print(f"{'size':>6} {'batch':>6} {'s/step':>9} {'s/sample/step':>14} {'peak MB':>9} {'MB per extra sample':>20}")
+    for r in rows:
+        first = next(x for x in rows if x["size"] == r["size"])
+        extra = (r["peak_mb"] - first["peak_mb"]) / (r["batch"] - first["batch"]) if r["batch"] > first["batch"] \
+            else float("nan")
+        print(f"{r['size']:>6} {r['batch']:>6} {r['seconds_per_step']:>9.4f} {r['seconds_per_sample_step']:>14.4f} "
+              f"{r['peak_mb']:>9.1f} {extra:>20.1f}")
+    print(f"memory: {memory.method}")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default")
@@ -134,12 +184,33 @@ def main(argv=None):
     p.add_argument("--x0-architecture", type=Path, nargs="?", const=Path("tests/fixtures/ffhq_keys.txt"),
                    help="also time dps vs x0 on an official architecture with random weights (default: the "
                         "real FFHQ model's key list, tests/fixtures/ffhq_keys.txt); slow on a CPU")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--official", type=Path, nargs="?", const=Path("tests/fixtures/ffhq_keys.txt"),
+                   help="time whole solves on an official architecture with random weights (default: the real "
+                        "FFHQ model's key list) and a random ViT-B-32 CLIP, per canvas and --batch-sizes; nothing "
+                        "is downloaded")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="for --official (default 1)")
+    p.add_argument("--steps", type=int, default=10, help="DPS steps per timed solve, for --official")
+    p.add_argument("--autocast", choices=["bfloat16", "float16"], default=None)
+    p.add_argument("--checkpoint-decoder", action="store_true")
+    p.add_argument("--compile", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.autocast = getattr(torch, args.autocast) if args.autocast else None
+    device = resolve_device(args.device)
+    if args.official:
+        model = official_architecture(args.official).to(device)
+        clip = random_clip("ViT-B-32", device)
+        constraints = [ClipBox(prompt, box, clip=clip) for prompt, box in BOXES.items()]
+        rows = time_solves(model, constraints, args.sizes, args.batch_sizes, args)
+        if args.json:
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps({"official_solves": rows}, indent=2))
+        return rows, {}
     use_mmap_for_tensors()
-    model = infd_solve.load_model(args.model).requires_grad_(False)
-    clip = load_clip(args.clip)
+    model = infd_solve.load_model(args.model, device=device).requires_grad_(False)
+    clip = load_clip(args.clip, device=device)
     constraints = [ClipBox(prompt, box, clip=clip) for prompt, box in BOXES.items()]
     solver = infd_solve.Solver(model, progress=False)
     hidden = model.config.renderer.hidden_channels

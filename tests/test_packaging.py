@@ -63,6 +63,13 @@ def test_regular_wheel(source, tmp_path):
     assert found["infd_solve.constraints"].endswith("infd_solve/constraints/__init__.py")
     assert found["infd_solve.pretrained"].startswith(site)
     assert found["constraints"] is None and found["recipes"] is None and found["pretrained"] is None
+    # the commands are installed as console scripts
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for command, target in (("infd-layout", "infd_solve.cli.layout:main"), ("infd-sr", "infd_solve.cli.super_resolution:main"),
+                            ("infd-inpaint", "infd_solve.cli.inpaint:main"), ("infd-sample", "infd_solve.cli.sample:main")):
+        assert f"{command} = {target}" in text
+        assert (tmp_path / "env" / "bin" / command).is_file()
 
 
 def test_editable_wheel(source, tmp_path):

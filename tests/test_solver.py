@@ -309,3 +309,29 @@ def test_polygon_masks_cover_their_area(points):
     mask = rasterize(geometry, c.box, (64, 64), samples=4)
     covered = float(mask.mean()) * (right - left) * (bottom - top)
     assert covered == pytest.approx(geometry.area, abs=0.02 * (right - left) * (bottom - top) + 1e-4)
+
+
+# ---------------------------------------------------------------------------------------- speed options
+def test_decoder_checkpointing_gives_the_same_gradients(local_model):
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpoint in (False, True):
+        x = z.clone().requires_grad_(True)
+        local_model.render(local_model.decode(x, checkpoint=checkpoint), (12, 12)).square().sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_checkpointing_and_compile_keep_the_solution_close(gaussian_model):
+    c = ColorMatch("#3366cc", (0.1, 0.1, 0.6, 0.6))
+    base = Solver(gaussian_model, steps=5, progress=False).solve([c], seed=0)
+    same = Solver(gaussian_model, steps=5, checkpoint_decoder=True, compile="eager", progress=False).solve([c], seed=0)
+    torch.testing.assert_close(same.latent, base.latent, rtol=1e-4, atol=1e-5)
+    # bfloat16 changes the path (the noise prediction is amplified at high noise levels), not the goal
+    low = Solver(gaussian_model, steps=5, autocast=torch.bfloat16, progress=False).solve([c], seed=0)
+    plain = Solver(gaussian_model, steps=5, scale=0, progress=False).solve([c], seed=0)
+    assert low.latent.dtype == torch.float32  # the update stays in the model's precision
+    assert final_loss(low, c.name) < final_loss(plain, c.name)
+    assert final_loss(low, c.name) == pytest.approx(final_loss(base, c.name), rel=0.05)
+    with pytest.raises(ValueError, match="autocast must be None"):
+        Solver(gaussian_model, autocast=torch.float64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.autoencoders.vae import Decoder, Encoder, VectorQuantizer
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
@@ -123,11 +124,15 @@ class FieldDecoder(nn.Module):
     def out_channels(self) -> int:
         return self.config.block_out_channels[0]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """``checkpoint``: keep only block outputs for the backward pass and recompute the rest (gradient
+        checkpointing: less memory per sample in guided sampling, one more forward pass of the decoder)."""
         h = self.net.conv_in(self.post_quant_conv(z))
-        h = self.net.mid_block(h, None)
-        for block in self.net.up_blocks:
-            h = block(h, None)
+        for block in (self.net.mid_block, *self.net.up_blocks):
+            if checkpoint and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, None, use_reentrant=False)
+            else:
+                h = block(h, None)
         return h
 
 

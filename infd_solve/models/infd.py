@@ -134,11 +134,17 @@ class INFDModel(nn.Module):
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         return self.quantizer(z)[0] if self.quantizer is not None else z
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> feature field ``phi`` (quantized first, as the official ``decode_z``)."""
+    def decode(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Latents -> feature field ``phi`` (quantized first, as the official ``decode_z``). ``checkpoint``:
+        gradient checkpointing of the decoder's blocks (see :class:`FieldDecoder`)."""
         _check_channels("z", z, self.config.z_shape[0])
         _check_finite("z", z)
-        return self.decoder(self.quantize(z))
+        return self.decode_unchecked(z, checkpoint)
+
+    def decode_unchecked(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """:meth:`decode` without checking its input: for samplers' inner loops, whose latents are checked
+        once up front (checking every step would wait for the device at every step)."""
+        return self.decoder(self.quantize(z), checkpoint)
 
     # ------------------------------------------------------------------------------------------- rendering
     def _check_field(self, phi: torch.Tensor) -> None:
