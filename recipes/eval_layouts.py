@@ -27,7 +27,8 @@ labels, never used for guidance) segments the whole canvas; per item:
 Item values are means over the seeds. Summary: share of items where guidance wins, mean share in the box
 (guided and unguided), mean leakage, share of items where CLIP and judge agree (also per item and seed).
 Writes ``OUT.json``, ``OUT.md`` (the tables) and ``OUT.png`` (per layout: guided and unguided results of the
-first seed with the layout drawn over them, and the judge's label maps).
+first seed with the layout drawn over them, and the judge's label maps; the overlays also full size in
+``OUT_layouts/``).
 """
 
 from __future__ import annotations
@@ -256,11 +257,12 @@ def draw(rows, names, canvas, out: Path) -> Path:
     from infd_solve.viz import image_rows, plot_layout
 
     panels = []
-    folder = out.parent / f"{out.name}_layouts"
+    folder = out.parent / f"{out.name}_layouts"  # the overlays at full size, one per layout and run
     for path, constraints, guided, labels, plain, plain_labels in rows:
-        overlay = plot_layout([guided, plain], canvas, constraints, folder / f"{path.stem}.png", max_pixels=512)
-        panels.append((path.stem, [overlay, label_image(labels, names), label_image(plain_labels, names)]))
-    return image_rows(panels, ["layout over guided | unguided", "judge: guided", "judge: unguided"],
+        drawn = [plot_layout([image], canvas, constraints, folder / f"{path.stem}_{kind}.png", max_pixels=512)
+                 for kind, image in (("guided", guided), ("unguided", plain))]
+        panels.append((path.stem, [drawn[0], label_image(labels, names), drawn[1], label_image(plain_labels, names)]))
+    return image_rows(panels, ["guided, layout drawn", "judge: guided", "unguided, layout drawn", "judge: unguided"],
                       out.with_suffix(".png"), panel=3.5, dpi=80)
 
 
