@@ -117,6 +117,17 @@ class Constraint:
     def is_active(self, t: int) -> bool:
         return self.active is None or self.active[0] <= t <= self.active[1]
 
+    def begin_step(self, step: int, t: int, keys: Sequence[int]) -> None:
+        """Called by the solver before each :meth:`loss` with the step index, its timestep and one integer key
+        per sample (its seed). A constraint whose loss is random (augmented views) draws from these alone, never
+        from the global RNG, so a solve is reproducible and a sample does not depend on its batch."""
+
+    def latent_region(self, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The cells of an ``h x w`` latent that this constraint's guidance may change (``h x w`` weights in
+        [0, 1]), or ``None``: all of them (the default). The solver confines each step's guidance gradient to
+        the union of the active constraints' regions, so a box can leave the rest of the canvas alone."""
+        return None
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Constraint":
         """Move what this constraint holds to ``device`` (floating tensors also to ``dtype``); returns self.
 

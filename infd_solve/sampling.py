@@ -150,6 +150,7 @@ def sample_guided(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     max_stride: int | None = None,
+    region: Callable[[int, int], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """DDIM guided by the gradient of ``objective`` on the predicted clean sample.
 
@@ -160,9 +161,12 @@ def sample_guided(
 
     Each step's guidance is ``scale * stride`` times the gradient, ``stride`` being the number of training
     timesteps the step covers, so the total guidance does not shrink when fewer steps are taken;
-    ``max_stride`` caps that factor (a kick much larger than the noise removed in one step overshoots). The objective is summed over the batch, which leaves every sample's gradient its own:
+    ``max_stride`` caps that factor (a kick much larger than the noise removed in one step overshoots). The
+    objective is summed over the batch, which leaves every sample's gradient its own:
     a sample never depends on the rest of its batch. Samples whose loss or gradient is not finite get no
-    guidance that step (reported as ``skipped`` to the callback).
+    guidance that step (reported as ``skipped`` to the callback). ``region(i, t)``: an optional mask
+    (broadcastable to ``x``, or ``None``) that multiplies step i's gradient, confining guidance to part of the
+    latent.
 
     ``callback`` receives ``{"i", "t", "x", "x0", "loss", "terms", "grad_norm", "skipped"}`` after every step.
     """
@@ -190,6 +194,9 @@ def sample_guided(
             loss, terms = objective(x0, i, t)
             grad = (torch.autograd.grad(loss.sum(), wrt, allow_unused=True)[0] if loss.requires_grad else None)
         grad = torch.zeros_like(x) if grad is None else grad
+        mask = region(i, t) if region is not None else None
+        if mask is not None:  # before clipping, so the norm bound holds for what is applied
+            grad = grad * mask.to(grad)
         grad, skipped = _sanitize(grad, loss.detach(), max_grad_norm)
         x0, eps = x0.detach(), eps.detach()
         if mode == "x0":

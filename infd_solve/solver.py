@@ -128,6 +128,35 @@ DEFAULT_REFINE_STEPS = 100
 MAX_STRIDE = 20
 
 
+def sample_keys(generator, batch_size: int) -> list[int]:
+    """One integer per sample for :meth:`Constraint.begin_step`: its generator's seed (``seed + i`` when the
+    solve was given ``seed``), else its index."""
+    if isinstance(generator, torch.Generator):
+        return [generator.initial_seed() + i for i in range(batch_size)]
+    if generator is not None:
+        return [g.initial_seed() for g in generator]
+    return list(range(batch_size))
+
+
+def guided_region(constraints: Sequence[Constraint], shape: tuple[int, int], device=None, dtype=None):
+    """``(i, t) -> mask or None`` for :func:`sample_guided`: the union of the latent regions of the constraints
+    active at ``t`` (``None`` where one of them may change everything)."""
+    regions = {}
+    for c in constraints:
+        r = c.latent_region(tuple(shape))
+        regions[c.name] = None if r is None else r.to(device, dtype).clamp(0, 1)
+    if all(r is None for r in regions.values()):
+        return None
+
+    def region(i: int, t: int):
+        active = [regions[c.name] for c in constraints if c.is_active(t)]
+        if not active or any(r is None for r in active):
+            return None
+        return torch.stack(active).amax(0)
+
+    return region
+
+
 def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
     """A rough upper estimate of the memory one sample needs in a guided step: the decoder's activations at
     the field's size and, per constraint, the renderer's over its grid (with the receptive halo), kept for
@@ -214,11 +243,13 @@ class Solver:
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast)
 
-    def objective(self, constraints: Sequence[Constraint], patches: Callable | None = None):
+    def objective(self, constraints: Sequence[Constraint], patches: Callable | None = None,
+                  keys: Sequence[int] | None = None):
         """``(z0_hat, i, t) -> (per-sample loss, {name: per-sample loss})`` for :func:`sample_guided`.
 
         ``patches(phi, constraints)`` gives each active constraint its patch; by default each renders its own
-        box at its own grid (benchmarks pass other ways, e.g. cropping one render of the whole canvas)."""
+        box at its own grid (benchmarks pass other ways, e.g. cropping one render of the whole canvas).
+        ``keys``: one integer per sample (its seed, default its index) for :meth:`Constraint.begin_step`."""
         # boxes and grids were checked when the constraints were made: render without checks (each check of
         # a tensor's values waits for the device)
         renderer = self.model.renderer
@@ -229,6 +260,8 @@ class Solver:
             total = z0.new_zeros(z0.shape[0])
             if not active:
                 return total, {}
+            for c in active:
+                c.begin_step(i, t, list(keys) if keys is not None else list(range(z0.shape[0])))
             terms = {}
             with self._precision():
                 phi = self.model.decode_unchecked(self.model.unscale(z0), self.checkpoint_decoder)
@@ -286,6 +319,7 @@ class Solver:
         constraints = [c.to(model.device, model.dtype) for c in constraints]
         if generator is None and seed is not None:
             generator = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
+        keys = sample_keys(generator, batch_size)
         x = initial_noise((batch_size, *model.config.z_shape), generator, noise, model.device, model.dtype)
 
         history = {"loss": {c.name: [] for c in constraints}, "timesteps": [], "step_seconds": [], "skipped": [],
@@ -303,16 +337,18 @@ class Solver:
             if callback is not None:
                 callback(state)
 
-        objective = self.objective(constraints)
+        objective = self.objective(constraints, keys=keys)
 
         def denoise(x_t, t):
             with self._precision():
                 return self.denoise(x_t, t).to(x_t.dtype)
 
         z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective, self.scale, self.guidance,
-                          self.eta, generator, self.max_grad_norm, record, self.progress, MAX_STRIDE)
+                          self.eta, generator, self.max_grad_norm, record, self.progress, MAX_STRIDE,
+                          region=guided_region(constraints, model.config.z_shape[1:], model.device, model.dtype))
         if refine_steps:
-            z = refine_latent(z, self.objective(refined), refine_steps, self.refine_lr, record, self.progress)
+            z = refine_latent(z, self.objective(refined, keys=keys), refine_steps, self.refine_lr, record,
+                              self.progress)
         z = model.unscale(z.detach())
         with torch.no_grad():
             phi = model.decode(z)
