@@ -105,19 +105,19 @@ def test_output_equal_to_model_is_refused(sample_cli, official_path, tiny_offici
 
 def test_ctrl_c_exits_130_without_half_written_files(sample_cli, official_path, tmp_path, monkeypatch, capsys):
     import infd_solve.io
-    from infd_solve.io import atomic_path
 
-    real_save, calls = infd_solve.io.save_image, []
+    real_write, calls = infd_solve.io.write_png, []
 
-    def interrupted_save(image, path):
+    def interrupted_write(path, height, width, bands):
         calls.append(path)
-        if len(calls) == 2:  # Ctrl-C in the middle of writing the second sample
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(b"half a png")
-                raise KeyboardInterrupt
-        return real_save(image, path)
 
-    monkeypatch.setattr(infd_solve.io, "save_image", interrupted_save)
+        def first_band_then_ctrl_c():  # Ctrl-C in the middle of writing the second sample
+            yield next(iter(bands))
+            raise KeyboardInterrupt
+
+        return real_write(path, height, width, first_band_then_ctrl_c() if len(calls) == 2 else bands)
+
+    monkeypatch.setattr(infd_solve.io, "write_png", interrupted_write)
     with pytest.raises(SystemExit) as e:
         _run(sample_cli, official_path, tmp_path / "out", "--num", "2")
     assert e.value.code == 130

@@ -11,7 +11,9 @@ checkpoints), decoded to a feature field and rendered with ``INFDModel.render_im
 ``--mode exact`` does not depend on ``--tile``, ``--mode official`` reproduces the official patchwise sampler).
 
 Outputs in ``--out`` (default ``outputs/samples``): ``sample_{seed+i:05d}.png`` for sample ``i`` and, when
-``--num`` > 1, ``grid.png``. Sample ``i`` uses its own generator ``torch.Generator().manual_seed(seed + i)``
+``--num`` > 1, ``grid.png``: each sample rendered again at a preview size (long side at most 256), which the
+field allows at no loss. Samples are written one band of tiles at a time, so memory does not grow with
+``--size``. Sample ``i`` uses its own generator ``torch.Generator().manual_seed(seed + i)``
 (CPU, so the starting noise is the same on every device), hence ``--num 1 --seed 1`` gives exactly the second
 image of ``--num 2 --seed 0``: on one machine the PNG bytes are identical. With ``--batch-size`` > 1 several
 samples share denoiser calls (faster on a GPU); their noise is still per-sample, but batched kernels may change
@@ -29,6 +31,7 @@ from pathlib import Path
 from . import load_sampling_model, model_path, new_parser, run_command
 
 PROG = "infd-sample"
+PREVIEW_SIDE = 256  # the long side of each sample in grid.png
 
 
 def build_parser(prog: str = PROG):
@@ -79,7 +82,7 @@ def run(parser, args) -> list[Path]:
     import torch
     from tqdm.auto import tqdm
 
-    from ..io import image_grid, refuse_overwriting_inputs, save_image
+    from ..io import image_grid, refuse_overwriting_inputs, save_image, write_png
     from ..sampling import ddim_timesteps
 
     size = _check_args(parser, args)
@@ -97,7 +100,8 @@ def run(parser, args) -> list[Path]:
 
     progress = not args.no_progress
     bar = tqdm(total=args.num * args.steps, desc="sampling", unit="step", disable=not progress)
-    written, images = [], []
+    preview = tuple(max(1, round(side * min(1.0, PREVIEW_SIDE / max(size)))) for side in size)
+    written, previews = [], []
     for start in range(0, args.num, args.batch_size):
         idx = list(range(start, min(start + args.batch_size, args.num)))
         generators = [torch.Generator().manual_seed(args.seed + i) for i in idx]
@@ -109,14 +113,15 @@ def run(parser, args) -> list[Path]:
             phi = model.decode(z)
             for k, i in enumerate(idx):
                 bar.set_postfix_str(f"sample {i + 1}/{args.num}: render {size[0]}x{size[1]}")
-                image = model.render_image(phi[k : k + 1], size, tile=args.tile, mode=args.mode,
-                                           progress=progress and size[0] * size[1] > 1024 * 1024)[0].cpu()
-                written.append(save_image(image, out_dir / names[i]))
+                bands = model.render_bands(phi[k : k + 1], size, tile=args.tile, mode=args.mode, uint8=True,
+                                           progress=progress and size[0] * size[1] > 1024 * 1024)
+                written.append(write_png(out_dir / names[i], *size, (band[0].numpy() for _, band in bands)))
                 bar.write(str(written[-1]))
-                images.append(image)
+                if args.num > 1:
+                    previews.append(model.render_image(phi[k : k + 1], preview, tile=args.tile, mode=args.mode)[0])
     bar.close()
     if args.num > 1:
-        written.append(save_image(image_grid(torch.stack(images)), out_dir / "grid.png"))
+        written.append(save_image(image_grid(torch.stack(previews).cpu()), out_dir / "grid.png"))
         print(written[-1])
     return written
 
