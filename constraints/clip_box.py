@@ -56,19 +56,19 @@ class ClipBox(Constraint):
 
     Locality: guidance changes only the latent cells under the region and ``margin`` cells around it
     (:meth:`latent_region`; ``None``: everywhere), and a polygon's guidance moves only the pixels inside it
-    (CLIP still sees the whole view). ``active`` defaults to ``default_active``: the steps where the layout
-    of the scene is decided, not the last ones, where guidance would only paint texture that CLIP reads as
-    the prompt.
+    (CLIP still sees the whole view).
+
+    The defaults (16 cutouts, margin 1, weight 0.9) were chosen with the independent layout judge
+    (``recipes/eval_layouts.py``; the comparison is in ``pretrained/MODEL_CARD.md``).
     """
 
     layout_type = "clip"
-    default_weight = 0.3
-    default_active: tuple[int, int] | None = None
+    default_weight = 0.9
 
     def __init__(self, prompt: str, box=None, clip=None, negative_prompts: Sequence[str] = (),
                  negative_weight: float = 0.5, canvas: Sequence[float] = (1, 1), max_views: int = 4,
-                 polygon=None, cutouts: int = 0, cutout_scale: Sequence[float] = (0.5, 1.0),
-                 margin: int | None = None, **kwargs):
+                 polygon=None, cutouts: int = 16, cutout_scale: Sequence[float] = (0.5, 1.0),
+                 margin: int | None = 1, **kwargs):
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         if isinstance(negative_prompts, str) or not all(isinstance(p, str) and p.strip() for p in negative_prompts):
@@ -84,8 +84,6 @@ class ClipBox(Constraint):
             raise ValueError(f"canvas must be (height, width), got {canvas!r}") from None
         if not (canvas_h > 0 and canvas_w > 0 and math.isfinite(canvas_h * canvas_w)):
             raise ValueError(f"canvas must be (height, width) > 0, got {canvas!r}")
-        if "active" not in kwargs and self.default_active is not None:
-            kwargs["active"] = self.default_active
         super().__init__(box=box, polygon=polygon, **{"name": f"clip:{prompt}"} | kwargs)
         if clip is None or isinstance(clip, str):
             from ..clip import load_clip

@@ -151,6 +151,7 @@ def sample_guided(
     progress: bool = True,
     max_stride: int | None = None,
     region: Callable[[int, int], torch.Tensor | None] | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM guided by the gradient of ``objective`` on the predicted clean sample.
 
@@ -166,7 +167,10 @@ def sample_guided(
     a sample never depends on the rest of its batch. Samples whose loss or gradient is not finite get no
     guidance that step (reported as ``skipped`` to the callback). ``region(i, t)``: an optional mask
     (broadcastable to ``x``, or ``None``) that multiplies step i's gradient, confining guidance to part of the
-    latent.
+    latent. ``keep``: a mask (broadcastable to ``x``, values in [0, 1]); after every step the sample is blended
+    with the unguided DDIM trajectory from the same noise, ``keep * guided + (1 - keep) * unguided``
+    (blended diffusion): where ``keep`` is 0 the result is the unguided sample, so guidance cannot reach
+    there even through the denoiser's global context (one more denoiser call per step, without gradient).
 
     ``callback`` receives ``{"i", "t", "x", "x0", "loss", "terms", "grad_norm", "skipped"}`` after every step.
     """
@@ -174,6 +178,7 @@ def sample_guided(
         raise ValueError(f"mode must be one of {GUIDANCE_MODES}, got {mode!r}")
     acp = alphas_cumprod.double().tolist()
     noises = step_noises(x.shape, generator, len(timesteps) - 1 if eta > 0 else 0, x.device, x.dtype)
+    reference = x.detach().clone() if keep is not None else None
     for i, t in enumerate(tqdm(timesteps, desc=f"guided DDIM ({mode})", disable=not progress)):
         a = acp[t]
         last = i + 1 == len(timesteps)
@@ -205,6 +210,11 @@ def sample_guided(
         x = ddim_step(x0, eps, a, a_prev, eta, noise)
         if mode == "dps":
             x = x - step * grad
+        if reference is not None:
+            with torch.no_grad():
+                eps_ref = denoiser(reference, t_batch)
+                reference = ddim_step(predict_x0(reference, eps_ref, a), eps_ref, a, a_prev, eta, noise)
+            x = keep * x + (1 - keep) * reference
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "loss": loss.detach(), "terms": terms,
                       "grad_norm": grad.flatten(1).norm(dim=1), "skipped": skipped})

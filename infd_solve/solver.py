@@ -141,10 +141,7 @@ def sample_keys(generator, batch_size: int) -> list[int]:
 def guided_region(constraints: Sequence[Constraint], shape: tuple[int, int], device=None, dtype=None):
     """``(i, t) -> mask or None`` for :func:`sample_guided`: the union of the latent regions of the constraints
     active at ``t`` (``None`` where one of them may change everything)."""
-    regions = {}
-    for c in constraints:
-        r = c.latent_region(tuple(shape))
-        regions[c.name] = None if r is None else r.to(device, dtype).clamp(0, 1)
+    regions = {c.name: _latent_region(c, shape, device, dtype) for c in constraints}
     if all(r is None for r in regions.values()):
         return None
 
@@ -155,6 +152,20 @@ def guided_region(constraints: Sequence[Constraint], shape: tuple[int, int], dev
         return torch.stack(active).amax(0)
 
     return region
+
+
+def kept_region(constraints: Sequence[Constraint], shape: tuple[int, int], device=None, dtype=None):
+    """The union of all constraints' latent regions (the ``keep`` mask of :func:`sample_guided`), or ``None``
+    when there are none or one of them may change everything."""
+    regions = [_latent_region(c, shape, device, dtype) for c in constraints]
+    if not regions or any(r is None for r in regions):
+        return None
+    return torch.stack(regions).amax(0)
+
+
+def _latent_region(c: Constraint, shape, device, dtype):
+    r = c.latent_region(tuple(shape))
+    return None if r is None else r.to(device, dtype).clamp(0, 1)
 
 
 def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
@@ -172,7 +183,7 @@ def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
 
 
 def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, max_grad_norm=None,
-                  refine_steps=None, refine_lr=0.05, num_train_timesteps: int = 1000) -> dict:
+                  refine_steps=None, refine_lr=0.05, keep_outside=False, num_train_timesteps: int = 1000) -> dict:
     """The :class:`Solver` options, checked (``ValueError`` starting with the option's name) and normalized;
     ``timesteps`` added. Layouts check theirs with this too."""
     steps = checks.integer(steps, "steps", 1)
@@ -190,6 +201,7 @@ def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, 
                                                                           strict=True),
         "refine_steps": None if refine_steps is None else checks.integer(refine_steps, "refine_steps", 0),
         "refine_lr": checks.number(refine_lr, "refine_lr", strict=True),
+        "keep_outside": checks.boolean(keep_outside, "keep_outside"),
     }
 
 
@@ -204,7 +216,11 @@ class Solver:
     after sampling, that many Adam steps (learning rate ``refine_lr``) on the final latent against the
     constraints that opt in (``Constraint.refine``: observations do, CLIP boxes do not), for data
     consistency (see :func:`infd_solve.sampling.refine_latent`); ``None`` (default): ``DEFAULT_REFINE_STEPS``
-    when some constraint opts in, else none.
+    when some constraint opts in, else none. ``keep_outside``: when every constraint has a latent region
+    (:meth:`Constraint.latent_region`; ``ClipBox`` has one by default), the latent outside their union
+    follows the unguided sample from the same noise (blended diffusion, one more denoiser call per step), so
+    a layout leaves what it does not mention as the prior drew it; off by default, because the items then
+    fill their boxes less (measured in ``pretrained/MODEL_CARD.md``).
 
     For speed and memory (a GPU's): ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the denoiser,
     decoder, renderer and losses of each guided step in that precision, the update in the model's own;
@@ -215,7 +231,8 @@ class Solver:
 
     def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
                  scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
-                 refine_steps: int | None = None, refine_lr: float = 0.05, progress: bool = True,
+                 refine_steps: int | None = None, refine_lr: float = 0.05, keep_outside: bool = False,
+                 progress: bool = True,
                  autocast: torch.dtype | None = None, checkpoint_decoder: bool = False, compile: bool | str = False):
         if not isinstance(model, INFDModel):
             raise ValueError(f"model must be an INFDModel (from infd_solve.load_model), got {type(model).__name__}")
@@ -223,12 +240,13 @@ class Solver:
             raise ValueError("model has no diffusion denoiser (an autoencoder only); it cannot sample")
         options = check_options(steps=steps, eta=eta, guidance=guidance, scale=scale, normalize=normalize,
                                 max_grad_norm=max_grad_norm, refine_steps=refine_steps, refine_lr=refine_lr,
-                                num_train_timesteps=model.scheduler.config.num_train_timesteps)
+                                keep_outside=keep_outside, num_train_timesteps=model.scheduler.config.num_train_timesteps)
         self.model, self.progress = model, bool(progress)
         self.timesteps = options.pop("timesteps")
         self.eta, self.guidance, self.scale = options["eta"], options["guidance"], options["scale"]
         self.normalize, self.max_grad_norm = options["normalize"], options["max_grad_norm"]
         self.refine_steps, self.refine_lr = options["refine_steps"], options["refine_lr"]
+        self.keep_outside = options["keep_outside"]
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
         self.autocast, self.checkpoint_decoder = autocast, checks.boolean(checkpoint_decoder, "checkpoint_decoder")
@@ -338,6 +356,7 @@ class Solver:
                 callback(state)
 
         objective = self.objective(constraints, keys=keys)
+        shape = model.config.z_shape[1:]
 
         def denoise(x_t, t):
             with self._precision():
@@ -345,7 +364,8 @@ class Solver:
 
         z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective, self.scale, self.guidance,
                           self.eta, generator, self.max_grad_norm, record, self.progress, MAX_STRIDE,
-                          region=guided_region(constraints, model.config.z_shape[1:], model.device, model.dtype))
+                          region=guided_region(constraints, shape, model.device, model.dtype),
+                          keep=kept_region(constraints, shape, model.device, model.dtype) if self.keep_outside else None)
         if refine_steps:
             z = refine_latent(z, self.objective(refined, keys=keys), refine_steps, self.refine_lr, record,
                               self.progress)

@@ -84,7 +84,7 @@ def parse_item_overrides(pairs) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--item takes KEY=JSON, got {pair!r}")
+            raise SystemExit(f"--item and --solver take KEY=JSON, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -119,9 +119,9 @@ def label_image(labels: torch.Tensor, names) -> torch.Tensor:
     return colours[labels].permute(2, 0, 1) * 2 - 1
 
 
-def solve(model, constraints, seeds, steps, scale):
+def solve(model, constraints, seeds, steps, options):
     """One result per seed, batched when the seeds are consecutive (sample i uses seed + i)."""
-    solver = infd_solve.Solver(model, steps=steps, scale=scale, progress=False)
+    solver = infd_solve.Solver(model, steps=steps, progress=False, **options)
     if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
         return solver.solve(constraints, batch_size=len(seeds), seed=seeds[0])
     raise SystemExit("--seeds must be consecutive integers (sample i of a batch uses seed + i)")
@@ -134,6 +134,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="consecutive seeds (default 0 1 2)")
     p.add_argument("--scale", type=float, default=1.0, help="the solver's guidance scale (default 1)")
+    p.add_argument("--solver", action="append", default=[], metavar="KEY=JSON",
+                   help="set a Solver option (repeatable), e.g. keep_outside=false")
     p.add_argument("--item", action="append", default=[], metavar="KEY=JSON",
                    help="set a field of every clip item (repeatable), e.g. cutouts=8")
     p.add_argument("--model", default="default")
@@ -147,13 +149,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     start = time.time()
     overrides = parse_item_overrides(args.item)
+    options = {"scale": args.scale} | parse_item_overrides(args.solver)
     model = infd_solve.load_model(args.model)
     clip = load_clip(args.clip)
     judge = load_judge(args.judge)
     canvas = (args.canvas, args.canvas)
     seeds = args.seeds
 
-    unguided = solve(model, [], seeds, args.steps, args.scale)
+    unguided = solve(model, [], seeds, args.steps, options)
     with torch.no_grad():
         unguided_images = unguided.render(canvas)
     unguided_labels = judge.segment(unguided_images)
@@ -164,7 +167,7 @@ def main(argv=None) -> dict:
         layout["items"] = [item | overrides if item.get("type") == "clip" else item for item in layout["items"]]
         _, constraints = parse_layout(layout | {"canvas": args.canvas}, clip=clip, base_dir=path.parent)
         t0 = time.time()
-        result = solve(model, constraints, seeds, args.steps, args.scale)
+        result = solve(model, constraints, seeds, args.steps, options)
         solve_seconds[path.stem] = round(time.time() - t0, 1)
         with torch.no_grad():
             images = result.render(canvas)
@@ -190,7 +193,7 @@ def main(argv=None) -> dict:
     summary = summarize(items)
     summary["wall seconds"] = round(time.time() - start, 1)
     meta = {"layouts": [str(p) for p in args.layouts], "canvas": args.canvas, "steps": args.steps, "seeds": seeds,
-            "scale": args.scale, "item_overrides": overrides, "judge": judge.name, "model": args.model,
+            "scale": args.scale, "solver_options": options, "item_overrides": overrides, "judge": judge.name, "model": args.model,
             "clip": args.clip, "solve_seconds": solve_seconds, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -236,8 +239,8 @@ def summarize(items: list[dict]) -> dict:
 
 def tables(items: list[dict], summary: dict, meta: dict) -> str:
     mean = lambda v: float(np.mean(v))  # noqa: E731
-    lines = [f"Canvas {meta['canvas']}, {meta['steps']} steps, seeds {meta['seeds']}, guidance scale {meta['scale']}, "
-             f"clip item overrides {json.dumps(meta['item_overrides'])}", "",
+    lines = [f"Canvas {meta['canvas']}, {meta['steps']} steps, seeds {meta['seeds']}, solver options "
+             f"{json.dumps(meta['solver_options'])}, clip item overrides {json.dumps(meta['item_overrides'])}", "",
              "| layout | prompt (labels) | in box: guided / unguided | leakage | mirror box: guided / unguided "
              "| CLIP: guided / unguided | judge wins | CLIP agrees |", "|---|---|---|---|---|---|---|---|"]
     for i in items:

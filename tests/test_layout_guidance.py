@@ -151,6 +151,43 @@ def test_a_box_guidance_leaves_the_latent_outside_its_window_alone(gaussian_mode
     assert (everywhere - plain)[..., ~window].abs().max().item() > 1e-3  # unconfined, it reaches everywhere
 
 
+def test_keep_outside_leaves_the_rest_as_the_unguided_sample(tiny_clip, one_thread):
+    # a real (random) UNet mixes cells: guidance confined to the window still reaches the rest through the
+    # denoiser's context, unless the rest follows the unguided trajectory
+    from .helpers import tiny_model
+
+    model = tiny_model(normalize=False)
+    h, w = model.config.z_shape[1:]
+    box = ClipBox("clouds", (0.0, 0.0, 0.5, 0.5), clip=tiny_clip, margin=0, weight=50.0)
+    window = box.latent_region((h, w)).bool()
+    plain = Solver(model, steps=5, scale=0.0, progress=False).solve([box], seed=1).latent
+    kept = Solver(model, steps=5, keep_outside=True, progress=False).solve([box], seed=1).latent
+    mixed = Solver(model, steps=5, progress=False).solve([box], seed=1).latent
+    assert (kept - plain)[..., ~window].abs().max().item() == 0.0
+    assert (kept - plain)[..., window].abs().max().item() > 1e-3
+    assert (mixed - plain)[..., ~window].abs().max().item() > 1e-4
+    # a constraint without a region (a whole-canvas prompt) turns blending off: nothing is kept
+    free = ClipBox("fog", clip=tiny_clip, margin=None)
+    assert infd_solve.solver.kept_region([box, free], (h, w)) is None
+
+
+def test_sampler_keep_mask_of_zeros_is_the_unguided_sample(gaussian_model):
+    from infd_solve.sampling import sample_guided
+
+    x = torch.randn(2, *gaussian_model.config.z_shape, generator=torch.Generator().manual_seed(0))
+    timesteps = [999, 666, 333, 0]
+
+    def objective(z0, i, t):
+        return ((z0 - 3.0) ** 2).flatten(1).sum(1), {}
+
+    run = lambda scale, keep: sample_guided(  # noqa: E731
+        gaussian_model.denoise, x, gaussian_model.alphas_cumprod, timesteps, objective, scale,
+        generator=torch.Generator().manual_seed(1), progress=False, keep=keep)
+    unguided = run(0.0, None)
+    torch.testing.assert_close(run(1.0, torch.zeros(1)), unguided, rtol=0, atol=1e-6)
+    assert (run(1.0, torch.ones(1)) - unguided).abs().max().item() > 1e-2
+
+
 def test_regions_of_active_constraints_are_united(tiny_clip):
     from infd_solve.solver import guided_region
 

@@ -164,7 +164,7 @@ def test_clip_box_with_real_open_clip_model(gaussian_model, tiny_clip):
     ((0.0, 0.0, 1.0, 0.1), (1, 1), (32, 128), 4),      # 10:1: capped at max_views, squashed by 2.5
 ])
 def test_clip_box_sees_elongated_boxes_as_unsquashed_square_views(tiny_clip, box, canvas, size, views):
-    c = ClipBox("a lake", box, clip=tiny_clip, canvas=canvas)
+    c = ClipBox("a lake", box, clip=tiny_clip, canvas=canvas, cutouts=0)  # guided on the fixed views
     assert (c.size, c.views) == (size, views)
     patch = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     long_side, s = max(size), 32
@@ -173,6 +173,9 @@ def test_clip_box_sees_elongated_boxes_as_unsquashed_square_views(tiny_clip, box
     assert starts[-1] + s == long_side  # the views cover the whole box
     direct = torch.stack([1 - (tiny_clip.encode_image(cut(a)) @ c.text.T)[:, 0] for a in starts]).mean(0)
     torch.testing.assert_close(c.loss(patch), direct, rtol=1e-5, atol=1e-6)
+    # with random views (the default) guidance differs, but scores still use the fixed views
+    randomized = ClipBox("a lake", box, clip=tiny_clip, canvas=canvas)
+    torch.testing.assert_close(randomized.score(patch)["loss"], direct, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c.similarity(patch), 1 - direct, rtol=1e-5, atol=1e-6)
 
 
