@@ -1,5 +1,6 @@
 """The pieces the training recipes share: example sources, batching, the discriminator, checkpoint adaptation
-and training logs (``recipes/train_autoencoder.py``, ``train_diffusion.py``, ``train_clip.py``).
+resumable training states and training logs (``recipes/train_autoencoder.py``, ``train_diffusion.py``,
+``train_clip.py``, ``train_judge.py``).
 
 An example is ``(x, gt, box)``: the whole image at the encoder's input size, a ``patch x patch`` crop of the
 ground truth at a random resolution (log-uniform, paper §4.1), and that crop's box in canvas fractions.
@@ -153,6 +154,38 @@ def encode_scenes(model, num_scenes: int, batch: int = 64) -> torch.Tensor:
         images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
         latents.append(model.encode(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1))
     return torch.cat(latents)
+
+
+def load_train_state(path: Path, resume: bool, must_match: dict | None = None) -> dict | None:
+    """What ``--resume`` continues: the state saved at ``path`` (read by the safe loader, like every checkpoint),
+    or ``None`` to start from scratch, saying why when a state is missing or left alone. ``must_match``: entries
+    the state must have (model config, planned steps); another run's state raises ``ValueError``."""
+    from .checkpoints import load_torch_file
+
+    path = Path(path)
+    if not resume:
+        if path.is_file():
+            print(f"note: ignoring existing {path} (pass --resume to continue it)", flush=True)
+        return None
+    if not path.is_file():
+        print(f"--resume: no {path}, starting from scratch", flush=True)
+        return None
+    state = load_torch_file(path, "training state")
+    for key, value in (must_match or {}).items():
+        if state.get(key) != value:
+            raise ValueError(f"{path} was written by another run ({key} {state.get(key)!r}, here {value!r}); "
+                             "start over without --resume")
+    print(f"resumed from {path} at step {state['step']}", flush=True)
+    return state
+
+
+def save_train_state(path: Path, **state) -> None:
+    """Write a training state atomically (an interrupted save never replaces the last good one); paths become
+    strings, so :func:`load_train_state` reads it with the weights-only loader."""
+    plain = {k: ({a: str(b) if isinstance(b, Path) else b for a, b in v.items()} if isinstance(v, dict) else
+                 str(v) if isinstance(v, Path) else v) for k, v in state.items()}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(plain, tmp)
 
 
 def write_train_log(out: Path, argv, **fields) -> dict:

@@ -30,11 +30,10 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
-from infd_solve.io import atomic_path
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING
 from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, adapt_renderer_input,
-                                 adaptive_gan_weight, write_train_log)
+                                 adaptive_gan_weight, load_train_state, save_train_state, write_train_log)
 from infd_solve.viz import plot_training
 
 def default_config(args) -> INFDConfig:
@@ -126,14 +125,13 @@ def main(argv=None):
     perceptual, perceptual_name = perceptual_loss("lpips" if args.perceptual == "lpips" else "substitute")
     history = {"step": [], "l1": [], "perceptual": [], "detail": [], "vq": [], "gan_g": [], "gan_d": []}
     step, wall = 0, 0.0
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)  # our own file
+    state = load_train_state(state_path, args.resume)
+    if state is not None:
         model.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
         opt.load_state_dict(state["opt"])
         opt_d.load_state_dict(state["opt_d"])
         step, wall, history = state["step"], state["wall"], state["history"]
-        print(f"resumed from {state_path} at step {step}")
 
     if args.images:
         source = ImageFolderSource(args.images, args.input_size, args.patch, args.max_res)
@@ -143,10 +141,8 @@ def main(argv=None):
                                               num_workers=args.workers, persistent_workers=args.workers > 0))
 
     def save_state():
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "disc": disc.state_dict(), "opt": opt.state_dict(),
-                        "opt_d": opt_d.state_dict(), "step": step, "wall": wall, "history": history,
-                        "args": vars(args) | {"out": str(args.out), "images": str(args.images)}}, tmp)
+        save_train_state(state_path, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
+                         opt_d=opt_d.state_dict(), step=step, wall=wall, history=history, args=vars(args))
 
     bar = tqdm(total=args.steps, initial=step, desc="autoencoder")
     model.train()

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from infd_solve.data import landscapes as L
 from infd_solve.clip import WEIGHTS_FILE, load_clip, save_clip, zero_shot
 from infd_solve.io import atomic_path
+from infd_solve.training import load_train_state, save_train_state
 from infd_solve.viz import plot_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,26 +272,19 @@ def main(argv: list[str] | None = None) -> dict:
     prompt_tokens = tokenizer(prompts).to(args.device)
     losses, prompt_losses, step, train_time = [], [], 0, 0.0
     state_path = out / STATE_FILE
-    if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=args.device, weights_only=True)
-        if state["model_cfg"] != model_cfg or state["steps"] != args.steps:
-            parser.error(f"{state_path} was written with another model config or --steps "
-                         f"({state['steps']}); start over without --resume")
+    try:
+        state = load_train_state(state_path, args.resume, {"model_cfg": model_cfg, "steps": args.steps})
+    except ValueError as e:
+        parser.error(str(e))
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         losses, step, train_time = list(state["losses"]), int(state["step"]), float(state["train_time"])
         prompt_losses = list(state.get("prompt_losses", []))
-        print(f"resumed from {state_path} at step {step}", flush=True)
-    elif args.resume:
-        print(f"--resume: no {state_path}, starting from scratch", flush=True)
-    elif state_path.is_file():
-        print(f"note: ignoring existing {state_path} (pass --resume to continue it)", flush=True)
 
     def save_state():
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "losses": losses, "prompt_losses": prompt_losses, "train_time": train_time, "model_cfg": model_cfg,
-                        "steps": args.steps}, tmp)
+        save_train_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(), step=step, losses=losses,
+                         prompt_losses=prompt_losses, train_time=train_time, model_cfg=model_cfg, steps=args.steps)
 
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="train clip", mininterval=5.0)

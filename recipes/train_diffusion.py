@@ -28,7 +28,7 @@ import infd_solve
 from infd_solve import INFDModel
 from infd_solve.io import atomic_path
 from infd_solve.models.official import unet_config_from_official
-from infd_solve.training import encode_scenes, write_train_log
+from infd_solve.training import encode_scenes, load_train_state, save_train_state, write_train_log
 from infd_solve.viz import plot_training
 
 
@@ -88,18 +88,16 @@ def main(argv=None):
 
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)  # our own file
+    state = load_train_state(state_path, args.resume)
+    if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, wall, history = state["step"], state["wall"], state["history"]
-        print(f"resumed from {state_path} at step {step}")
 
     def save_state():
-        with atomic_path(state_path) as tmp:
-            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "wall": wall, "history": history, "args": vars(args) | {"out": str(args.out)}}, tmp)
+        save_train_state(state_path, unet=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
+                         wall=wall, history=history, args=vars(args))
 
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
     bar = tqdm(total=args.steps, initial=step, desc="diffusion")

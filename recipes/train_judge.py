@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from infd_solve.data import landscapes as L
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.judge import CONFIG_FILE, WEIGHTS_FILE, JudgeConfig, JudgeNet, load_judge
+from infd_solve.training import load_train_state, save_train_state
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "pretrained" / "default" / "judge"
@@ -339,26 +340,19 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     losses, val, step, train_time = [], [], 0, 0.0
     state_path = out / STATE_FILE
-    if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["config"] != config.to_dict() or state["steps"] != args.steps:
-            parser.error(f"{state_path} was written with another network or --steps ({state['steps']}); "
-                         "start over without --resume")
+    try:
+        state = load_train_state(state_path, args.resume, {"config": config.to_dict(), "steps": args.steps})
+    except ValueError as e:
+        parser.error(str(e))
+    if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         losses, step, train_time = list(state["losses"]), int(state["step"]), float(state["train_time"])
         val = json.loads(state["val"])
-        print(f"resumed from {state_path} at step {step}", flush=True)
-    elif args.resume:
-        print(f"--resume: no {state_path}, starting from scratch", flush=True)
-    elif state_path.is_file():
-        print(f"note: ignoring existing {state_path} (pass --resume to continue it)", flush=True)
 
     def save_state():
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "losses": losses,
-                        "val": json.dumps(val), "train_time": train_time, "config": config.to_dict(),
-                        "steps": args.steps}, tmp)
+        save_train_state(state_path, model=net.state_dict(), optimizer=opt.state_dict(), step=step, losses=losses,
+                         val=json.dumps(val), train_time=train_time, config=config.to_dict(), steps=args.steps)
 
     net.train()
     bar = tqdm(total=args.steps, initial=step, desc="train judge", mininterval=5.0)

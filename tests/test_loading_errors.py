@@ -141,3 +141,26 @@ def test_our_format_errors(tmp_path, normalized_model):
     (target / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         infd_solve.load_model(target)
+
+
+def test_training_states_resume_safely(tmp_path, capsys):
+    from pathlib import Path
+
+    from infd_solve.checkpoints import UnsafeCheckpointError
+    from infd_solve.training import load_train_state, save_train_state
+
+    path = tmp_path / "state.pt"
+    assert load_train_state(path, resume=True) is None
+    assert "starting from scratch" in capsys.readouterr().out
+    save_train_state(path, model={"w": torch.ones(2)}, step=3, args={"out": Path("runs/x"), "lr": 0.1})
+    assert load_train_state(path, resume=False) is None  # left alone, and said so
+    assert "ignoring existing" in capsys.readouterr().out
+    state = load_train_state(path, resume=True, must_match={"step": 3})
+    assert state["step"] == 3 and state["args"] == {"out": "runs/x", "lr": 0.1}
+    with pytest.raises(ValueError, match="written by another run"):
+        load_train_state(path, resume=True, must_match={"step": 4})
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "model": _System(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_train_state(path, resume=True)
+    assert not marker.exists()

@@ -108,7 +108,7 @@ def run(parser, args) -> list[Path]:
         which = f"{idx[0] + 1}" if len(idx) == 1 else f"{idx[0] + 1}-{idx[-1] + 1}"
         bar.set_postfix_str(f"sample {which}/{args.num}: DDIM")
         z = model.sample(len(idx), steps=args.steps, eta=args.eta, generator=generators,
-                         callback=lambda _: bar.update(len(idx)), progress=False)
+                         callback=lambda _, n=len(idx): bar.update(n), progress=False)
         with torch.inference_mode():
             phi = model.decode(z)
             for k, i in enumerate(idx):
