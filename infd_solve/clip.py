@@ -115,6 +115,11 @@ class ClipModel:
         """``B x D`` unit-norm image features of ``B x 3 x H x W`` images in [-1, 1]; differentiable."""
         return encode_image(self, images)
 
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """:meth:`encode_image` of many images, ``batch`` at a time, without gradients (features for metrics)."""
+        return torch.cat([self.encode_image(images[i : i + batch]) for i in range(0, len(images), batch)])
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> the normalised ``B x 3 x size x size`` input of the vision tower (differentiable)."""
         return preprocess(self, images)

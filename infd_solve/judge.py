@@ -7,6 +7,11 @@ it says what a box actually holds. ``load_judge("default")`` loads the one shipp
 
 Images are ``B x 3 x H x W`` tensors in [-1, 1] (the diffusion convention), any size (padded internally to a
 multiple of the network's stride).
+
+Judging a layout (``recipes/eval_layouts.py``): each "clip" item's prompt names the labels it asks for
+(:data:`PROMPT_LABELS`); :func:`judge_layout_items` measures, per item and sample, the share of its region with
+those labels, the share outside every region asking for them (leakage) and the share in the mirrored box;
+:func:`summarize_layout_items` turns guided-vs-unguided rows into the summary the targets are stated in.
 """
 
 from __future__ import annotations
@@ -15,12 +20,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["JudgeConfig", "JudgeNet", "Judge", "load_judge", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["JudgeConfig", "JudgeNet", "Judge", "load_judge", "CONFIG_FILE", "WEIGHTS_FILE", "PROMPT_LABELS",
+           "target_labels", "judge_layout_items", "summarize_layout_items", "layout_items_markdown", "label_colours",
+           "save_judge", "confusion_counts"]
 
+PROMPT_LABELS = {
+    "clouds": ("cloud",), "a cloudy sky": ("cloud",), "a clear sky": ("sky",), "the sun": ("sun",),
+    "the moon": ("moon",), "snowy mountains": ("snow", "mountain"), "snowy peaks": ("snow", "mountain"),
+    "rocky mountains": ("mountain", "snow"), "a forest": ("forest",), "a grassy meadow": ("grass",),
+    "a lake": ("water",), "fog": ("fog",),
+}
+PALETTE = {"sky": (0.55, 0.75, 0.95), "cloud": (1.0, 1.0, 1.0), "sun": (1.0, 0.85, 0.1), "moon": (0.9, 0.9, 0.7),
+           "mountain": (0.5, 0.45, 0.4), "snow": (0.75, 0.95, 1.0), "forest": (0.1, 0.4, 0.15),
+           "grass": (0.5, 0.8, 0.25), "water": (0.1, 0.3, 0.85), "fog": (0.8, 0.7, 0.9)}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_NAME = "infd-solve-judge"
@@ -140,6 +157,37 @@ class Judge:
         return (hit * weight).sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(1e-12)
 
 
+def save_judge(net: JudgeNet, directory: str | Path) -> Path:
+    """Write ``net`` as a directory :func:`load_judge` reads: ``config.json`` and float16 safetensors weights,
+    each file atomically."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    directory = Path(directory)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "infd-solve recipes/train_judge.py"})
+    with atomic_path(directory / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(net.config.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def confusion_counts(net, images_u8: np.ndarray, labels: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """``classes x classes`` pixel counts (rows: truth, columns: prediction) of ``net`` (a :class:`JudgeNet` or
+    :class:`Judge`) on uint8 ``N x H x W x 3`` images with their ``N x H x W`` labels."""
+    net = getattr(net, "net", net)
+    classes = len(net.config.labels)
+    counts = np.zeros((classes, classes), np.int64)
+    with torch.no_grad():
+        for i in range(0, len(images_u8), chunk):
+            x = torch.from_numpy(images_u8[i:i + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            pred = net(x).argmax(1).numpy().ravel()
+            truth = labels[i:i + chunk].astype(np.int64).ravel()
+            counts += np.bincount(truth * classes + pred, minlength=classes * classes).reshape(classes, classes)
+    return counts
+
+
 def judge_dir(name: str = "default") -> Path:
     """The directory of a shipped judge (clear error if it is missing)."""
     from . import pretrained
@@ -188,3 +236,97 @@ def load_judge(name_or_path: str | Path = "default", device=None) -> Judge:
     log = path / "train_log.json"
     info = json.loads(log.read_text()) if log.is_file() else {}
     return Judge(net=net, name=str(path), info=info)
+
+
+# ------------------------------------------------------------------------------------------- judging layouts
+def target_labels(prompt: str) -> tuple[str, ...]:
+    """The labels a prompt asks for (:data:`PROMPT_LABELS`)."""
+    try:
+        return PROMPT_LABELS[prompt]
+    except KeyError:
+        raise ValueError(f"prompt {prompt!r} has no label mapping; add it to PROMPT_LABELS") from None
+
+
+def _region(constraint):
+    import shapely
+
+    return constraint.geometry if constraint.geometry is not None else shapely.box(*constraint.box)
+
+
+def judge_layout_items(judge: Judge, labels: torch.Tensor, constraints, canvas) -> list[dict]:
+    """Per item with a ``prompt`` (``ClipBox``), per sample of ``labels`` (:meth:`Judge.segment` of the canvas
+    at ``canvas``): ``in``, the share of its region labelled as asked; ``outside``, the same share outside
+    every region asking for any of those labels; ``mirror``, the share in the box mirrored left-right (only
+    when that box barely overlaps the region)."""
+    import shapely
+
+    from .regions import rasterize
+
+    full = (0.0, 0.0, 1.0, 1.0)
+    items = [c for c in constraints if hasattr(c, "prompt")]
+    masks = {c.name: rasterize(_region(c), full, canvas)[0, 0] for c in items}
+    out = []
+    for c in items:
+        targets = target_labels(c.prompt)
+        asking = [o for o in items if set(target_labels(o.prompt)) & set(targets)]
+        union = torch.stack([masks[o.name] for o in asking]).amax(0)
+        left, top, right, bottom = c.box
+        mirror = shapely.box(1 - right, top, 1 - left, bottom)
+        row = {"name": c.name, "prompt": c.prompt, "labels": targets,
+               "in": judge.fractions(labels, targets, masks[c.name]).tolist(),
+               "outside": judge.fractions(labels, targets, 1 - union).tolist()}
+        if mirror.intersection(_region(c)).area < 0.05 * mirror.area:
+            row["mirror"] = judge.fractions(labels, targets, rasterize(mirror, full, canvas)[0, 0]).tolist()
+        out.append(row)
+    return out
+
+
+def summarize_layout_items(items: list[dict]) -> dict:
+    """The summary of rows with per-seed lists ``judge_guided``, ``judge_unguided``, ``outside_guided``,
+    ``outside_unguided``, ``clip_guided``, ``clip_unguided``: wins, shares in the box, leakage and how often
+    the guiding CLIP agrees with the judge (per item on seed means, and per item and seed)."""
+    def mean(v):
+        return float(np.mean(v))
+
+    g, u, cg, cu = (np.array([mean(i[k]) for i in items])
+                    for k in ("judge_guided", "judge_unguided", "clip_guided", "clip_unguided"))
+    leak = np.array([mean(i["outside_guided"]) - mean(i["outside_unguided"]) for i in items])
+    per_g, per_u, per_cg, per_cu = (np.concatenate([i[k] for i in items])
+                                    for k in ("judge_guided", "judge_unguided", "clip_guided", "clip_unguided"))
+    return {
+        "items": len(items),
+        "guided beats unguided (judge, % of items)": round(100 * float((g > u).mean()), 1),
+        "mean target share in box, guided": round(float(g.mean()), 3),
+        "mean target share in box, unguided": round(float(u.mean()), 3),
+        "mean leakage (share outside, guided - unguided)": round(float(leak.mean()), 3),
+        "CLIP and judge agree (% of items)": round(100 * float((np.sign(cg - cu) == np.sign(g - u)).mean()), 1),
+        "guided beats unguided (judge, % of item-seeds)": round(100 * float((per_g > per_u).mean()), 1),
+        "CLIP and judge agree (% of item-seeds)":
+            round(100 * float((np.sign(per_cg - per_cu) == np.sign(per_g - per_u)).mean()), 1),
+        "mean CLIP similarity, guided": round(float(cg.mean()), 3),
+        "mean CLIP similarity, unguided": round(float(cu.mean()), 3),
+    }
+
+
+def layout_items_markdown(items: list[dict]) -> str:
+    """A Markdown table of judged items (the rows :func:`summarize_layout_items` takes, plus ``layout``,
+    ``prompt``, ``labels`` and optional ``mirror_guided`` / ``mirror_unguided``), values as seed means."""
+    def mean(v):
+        return float(np.mean(v))
+
+    lines = ["| layout | prompt (labels) | in box: guided / unguided | leakage | mirror box: guided / unguided "
+             "| CLIP: guided / unguided | judge wins | CLIP agrees |", "|---|---|---|---|---|---|---|---|"]
+    for i in items:
+        g, u, cg, cu = (mean(i[k]) for k in ("judge_guided", "judge_unguided", "clip_guided", "clip_unguided"))
+        leak = mean(i["outside_guided"]) - mean(i["outside_unguided"])
+        mirror = f"{mean(i['mirror_guided']):.2f} / {mean(i['mirror_unguided']):.2f}" if "mirror_guided" in i else ""
+        lines.append(f"| {i['layout']} | {i['prompt']} ({', '.join(i['labels'])}) | {g:.2f} / {u:.2f} | {leak:+.3f} "
+                     f"| {mirror} | {cg:.2f} / {cu:.2f} | {'yes' if g > u else 'no'} "
+                     f"| {'yes' if np.sign(cg - cu) == np.sign(g - u) else 'no'} |")
+    return "\n".join(lines)
+
+
+def label_colours(labels: torch.Tensor, names) -> torch.Tensor:
+    """``H x W`` label indices -> ``3 x H x W`` colours in [-1, 1] (:data:`PALETTE`), for figures."""
+    colours = torch.tensor([PALETTE.get(n, (0.5, 0.5, 0.5)) for n in names])
+    return colours[labels].permute(2, 0, 1) * 2 - 1

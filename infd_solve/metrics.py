@@ -19,6 +19,12 @@ def area_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(x, factor)
 
 
+def patches(image: torch.Tensor, side: int = 64, stride: int = 32) -> torch.Tensor:
+    """All ``side x side`` patches of ``1 x 3 x H x W``, ``stride`` apart, as ``N x 3 x side x side``."""
+    grid = image.unfold(-2, side, stride).unfold(-2, side, stride)  # 1 x 3 x nh x nw x side x side
+    return grid.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, side, side)
+
+
 def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(m)
     return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
@@ -100,3 +106,49 @@ def seam_ratio(images: torch.Tensor, cell: int, order: int = 1) -> tuple[float, 
 
     x = images.double()
     return along(x), along(x.transpose(-1, -2))
+
+
+def segmentation_scores(counts, names) -> dict:
+    """From a ``classes x classes`` confusion matrix of pixel counts (rows: truth, columns: prediction): pixel
+    accuracy, per-label accuracy (share of that label's pixels labelled right) and IoU, and their means over
+    the labels present."""
+    import numpy as np
+
+    counts = np.asarray(counts)
+    diag = np.diag(counts).astype(float)
+    truth, pred = counts.sum(1), counts.sum(0)
+    per = {}
+    for k, name in enumerate(names):
+        if truth[k]:
+            per[name] = {"pixels": int(truth[k]), "accuracy": round(diag[k] / truth[k], 4),
+                         "iou": round(diag[k] / (truth[k] + pred[k] - diag[k]), 4)}
+    return {"pixel_accuracy": round(diag.sum() / counts.sum(), 4),
+            "mean_accuracy": round(float(np.mean([v["accuracy"] for v in per.values()])), 4),
+            "mean_iou": round(float(np.mean([v["iou"] for v in per.values()])), 4), "per_label": per}
+
+
+@torch.no_grad()
+def field_seam_ratios(model, phis, field_size: int, rng, sizes=(1024, 2048), window: int = 512,
+                      whole: int = 1024) -> dict:
+    """``{size: {"seam": (along_x, along_y), "bend": (along_x, along_y)}}`` for fields ``phis`` (each
+    ``1 x C x field_size x field_size``) of ``model`` rendered at each size: :func:`seam_ratio` of first
+    differences (lines at cell borders) and of second differences (slope jumps).
+
+    Up to ``whole``: whole canvases less one cell at each edge. Larger: one ``window``-pixel square per field,
+    starting on a cell border at least one cell from the canvas edges.
+    """
+    out = {}
+    for size in sizes:
+        if size % field_size:  # cells would not sit on the pixel lattice
+            continue
+        cell = size // field_size
+        if size <= whole:
+            images = torch.cat([model.render_image(phi, size)[..., cell:-cell, cell:-cell]
+                                for phi in phis])
+        else:
+            starts = rng.integers(1, (size - window) // cell, size=(len(phis), 2)) * cell
+            images = torch.cat([model.render(phi, window, (l / size, t / size, (l + window) / size,
+                                                           (t + window) / size))
+                                for phi, (t, l) in zip(phis, starts)])
+        out[size] = {"seam": seam_ratio(images, cell), "bend": seam_ratio(images, cell, order=2)}
+    return out

@@ -1,11 +1,14 @@
-"""Memory: what a device has available, and the peak memory of a block of code on CPU (peak RSS) or CUDA."""
+"""Memory: what a device has available, and the peak memory of a block of code on CPU (peak RSS) or CUDA; and
+models with real architectures and random weights, for timing without any download."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import re
 import threading
+from pathlib import Path
 
 import torch
 
@@ -54,6 +57,13 @@ def use_mmap_for_tensors(threshold: int = 128 * 1024) -> bool:
     return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-3, threshold) == 1)
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; timings must include it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class PeakMemory:
     """Context manager: ``.peak`` = peak memory growth (bytes) during the block, on ``device``."""
 
@@ -71,7 +81,7 @@ class PeakMemory:
     def __enter__(self):
         gc.collect()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "torch.cuda.max_memory_allocated"
@@ -89,7 +99,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
             return False
         self._stop.set()
@@ -110,3 +120,43 @@ def available_memory(device) -> int | None:
     if device.type == "cpu":
         return _proc_status_kb("MemAvailable", "/proc/meminfo")
     return None
+
+
+def small_random_model(normalize: bool = True, seed: int = 0):
+    """A small random autoencoder + renderer (latent 3x8x8, field 32 x 32 x 32, renderer 32 hidden channels)."""
+    from .models.infd import INFDConfig, INFDModel
+
+    stack = {"ch": 32, "ch_mult": [1, 2, 1], "num_res_blocks": 1, "resolution": 32, "z_channels": 3}
+    config = INFDConfig(z_shape=(3, 8, 8), encoder=stack, decoder=stack, n_embed=64,
+                        renderer={"feature_channels": 32, "hidden_channels": 32, "normalize": normalize}, unet=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return INFDModel(config).eval()
+
+
+def official_architecture(key_list):
+    """An INFD model with the architecture of an official checkpoint, from its key list's ``args`` header
+    (``tests/fixtures/ffhq_keys.txt``: the real FFHQ model, 274M-parameter denoiser). Random weights: for
+    timing only."""
+    from .models.infd import INFDModel
+    from .models.official import config_from_official
+
+    header = [line[3:] for line in Path(key_list).read_text().splitlines() if line.startswith("#   ")]
+    config = config_from_official({"name": "infd", "args": json.loads("\n".join(header))}, key_list)
+    with torch.random.fork_rng(devices=[]):  # the same weights every time, the caller's RNG untouched
+        torch.manual_seed(0)
+        return INFDModel(config).eval().requires_grad_(False)
+
+
+def random_clip(name: str, device):
+    """An open_clip architecture with random weights (nothing is downloaded): for timing only."""
+    import open_clip
+
+    from .clip import OPENAI_MEAN, OPENAI_STD, ClipModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None).eval().requires_grad_(False).to(device)
+    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    return ClipModel(model, open_clip.get_tokenizer(name), OPENAI_MEAN, OPENAI_STD,
+                     size[0] if isinstance(size, (list, tuple)) else size, f"random {name}")

@@ -240,7 +240,8 @@ class Solver:
             raise ValueError("model has no diffusion denoiser (an autoencoder only); it cannot sample")
         options = check_options(steps=steps, eta=eta, guidance=guidance, scale=scale, normalize=normalize,
                                 max_grad_norm=max_grad_norm, refine_steps=refine_steps, refine_lr=refine_lr,
-                                keep_outside=keep_outside, num_train_timesteps=model.scheduler.config.num_train_timesteps)
+                                keep_outside=keep_outside,
+                                num_train_timesteps=model.scheduler.config.num_train_timesteps)
         self.model, self.progress = model, bool(progress)
         self.timesteps = options.pop("timesteps")
         self.eta, self.guidance, self.scale = options["eta"], options["guidance"], options["scale"]
@@ -362,10 +363,10 @@ class Solver:
             with self._precision():
                 return self.denoise(x_t, t).to(x_t.dtype)
 
+        keep = kept_region(constraints, shape, model.device, model.dtype) if self.keep_outside else None
         z = sample_guided(denoise, x, model.alphas_cumprod, self.timesteps, objective, self.scale, self.guidance,
                           self.eta, generator, self.max_grad_norm, record, self.progress, MAX_STRIDE,
-                          region=guided_region(constraints, shape, model.device, model.dtype),
-                          keep=kept_region(constraints, shape, model.device, model.dtype) if self.keep_outside else None)
+                          region=guided_region(constraints, shape, model.device, model.dtype), keep=keep)
         if refine_steps:
             z = refine_latent(z, self.objective(refined, keys=keys), refine_steps, self.refine_lr, record,
                               self.progress)

@@ -156,6 +156,28 @@ def encode_scenes(model, num_scenes: int, batch: int = 64) -> torch.Tensor:
     return torch.cat(latents)
 
 
+def weight_decay_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay on weight matrices only."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # as open_clip's trainer: no decay on gains, biases, norms, logit scale, embeddings of positions/tokens
+        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
+                or "embedding" in name or "class_embedding" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int | None = None) -> float:
+    """Linear warmup over ``warmup`` steps (default a tenth of the run, at most 100), then cosine decay to 5 %."""
+    warm = warmup if warmup is not None else max(1, min(100, steps // 10))
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+
 def load_train_state(path: Path, resume: bool, must_match: dict | None = None) -> dict | None:
     """What ``--resume`` continues: the state saved at ``path`` (read by the safe loader, like every checkpoint),
     or ``None`` to start from scratch, saying why when a state is missing or left alone. ``must_match``: entries

@@ -186,9 +186,11 @@ def image_rows(rows: Sequence[tuple[str, Sequence]], titles: Sequence[str], path
     return save_figure(fig, Path(path), dpi=dpi)
 
 
-def plot_training(history: dict, path: str | Path, title: str, log: bool = True) -> Path:
+def plot_training(history: dict, path: str | Path, title: str, log: bool = True,
+                  validation: tuple[str, list, list] | None = None) -> Path:
     """Training curves: ``history`` maps ``"step"`` to the logged steps and each loss name to its values
-    (lists of equal length), smoothed over about 1 % of the run; log axis by default."""
+    (lists of equal length), smoothed over about 1 % of the run; log axis by default. ``validation``:
+    ``(name, steps, values)`` of a held-out measure, drawn on a second axis."""
     import numpy as np
 
     plt = _pyplot()
@@ -205,6 +207,12 @@ def plot_training(history: dict, path: str | Path, title: str, log: bool = True)
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    if validation is not None and len(validation[1]):
+        name, steps, values = validation
+        twin = ax.twinx()
+        twin.plot(steps, values, "o-", color="C3", ms=3, label=name)
+        twin.set_ylabel(name)
+        twin.legend(loc="upper right")
     fig.tight_layout()
     return save_figure(fig, Path(path), dpi=100)

@@ -33,7 +33,8 @@ from infd_solve.cli import resolve_device
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox
 from infd_solve.io import atomic_path
-from infd_solve.profiling import MB, PeakMemory, use_mmap_for_tensors
+from infd_solve.profiling import (MB, PeakMemory, official_architecture, random_clip, synchronize,
+                                  use_mmap_for_tensors)
 from infd_solve.sampling import sample_guided
 
 BOXES = {"clouds": (0.05, 0.02, 0.6, 0.35), "snowy mountains": (0.3, 0.3, 0.95, 0.65), "a lake": (0.0, 0.7, 0.7, 1.0)}
@@ -102,18 +103,6 @@ def ceiling_text(denoiser) -> str:
             f"{ceiling:.2f}x")
 
 
-def official_architecture(key_list: Path):
-    """An INFD model with the architecture of an official checkpoint, from its key list's ``args`` header
-    (``tests/fixtures/ffhq_keys.txt``: the real FFHQ model, 274M-parameter denoiser). Random weights: for
-    timing only."""
-    from infd_solve.models.official import config_from_official
-
-    header = [line[3:] for line in key_list.read_text().splitlines() if line.startswith("#   ")]
-    config = config_from_official({"name": "infd", "args": json.loads("\n".join(header))}, key_list)
-    torch.manual_seed(0)
-    return infd_solve.INFDModel(config).eval().requires_grad_(False)
-
-
 def x0_on_architecture(model, constraints, repeat):
     """Seconds per guided step, DPS and x0, on ``model`` (one canvas size: neither depends on it), after one
     untimed step (a fresh large model's first step also pays for allocating its buffers)."""
@@ -121,19 +110,6 @@ def x0_on_architecture(model, constraints, repeat):
     time_step(model, objective, "x0", 1)
     return {**{mode: time_step(model, objective, mode, repeat)[0] for mode in ("dps", "x0")},
             "denoiser_seconds": denoiser_seconds(model, repeat)}
-
-
-def random_clip(name: str, device):
-    """An open_clip architecture with random weights (nothing is downloaded): for timing only."""
-    import open_clip
-
-    from infd_solve.clip import OPENAI_MEAN, OPENAI_STD, ClipModel
-
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=None).eval().requires_grad_(False).to(device)
-    size = open_clip.get_model_preprocess_cfg(model)["size"]
-    return ClipModel(model, open_clip.get_tokenizer(name), OPENAI_MEAN, OPENAI_STD,
-                     size[0] if isinstance(size, (list, tuple)) else size, f"random {name}")
 
 
 def time_solves(model, constraints, sizes, batch_sizes, args):
@@ -149,12 +125,10 @@ def time_solves(model, constraints, sizes, batch_sizes, args):
             times = []
             with PeakMemory(device) as memory:
                 for _ in range(args.repeat):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     solver.solve(boxed, batch_size=batch, seed=0)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
+                    synchronize(device)
                     times.append((time.perf_counter() - start) / args.steps)
             rows.append({"size": size, "batch": batch, "seconds_per_step": statistics.median(times),
                          "seconds_per_sample_step": statistics.median(times) / batch, "peak_mb": memory.peak / MB})

@@ -51,8 +51,8 @@ import torch
 from tqdm.auto import tqdm
 
 from infd_solve.io import atomic_path, refuse_overwriting_inputs
-from infd_solve.models import CheckpointError, INFDConfig, INFDModel, load_model
-from infd_solve.profiling import MB, PeakMemory, use_mmap_for_tensors
+from infd_solve.models import CheckpointError, INFDModel, load_model
+from infd_solve.profiling import MB, PeakMemory, small_random_model, synchronize, use_mmap_for_tensors
 from infd_solve.rendering import RENDER_MODES
 
 PROG = "bench_render.py"
@@ -61,16 +61,6 @@ REFERENCE_SIZE = 512
 
 
 # ------------------------------------------------------------------------------------------------- models
-def random_model(normalize: bool = True, seed: int = 0) -> INFDModel:
-    """A small random autoencoder + renderer (latent 3x8x8, field 32 x 32 x 32, renderer 32 hidden channels)."""
-    stack = {"ch": 32, "ch_mult": [1, 2, 1], "num_res_blocks": 1, "resolution": 32, "z_channels": 3}
-    config = INFDConfig(z_shape=(3, 8, 8), encoder=stack, decoder=stack, n_embed=64,
-                        renderer={"feature_channels": 32, "hidden_channels": 32, "normalize": normalize},
-                        unet=None)
-    torch.manual_seed(seed)
-    return INFDModel(config).eval()
-
-
 def describe(model: INFDModel) -> str:
     r = model.config.renderer
     kind = "GroupNorm (normalizing)" if r.normalize else "local (no norm)"
@@ -85,21 +75,16 @@ def make_field(model: INFDModel, seed: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- bench
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench_one(model: INFDModel, phi: torch.Tensor, size: int, mode: str, tile: int, pad: int, repeat: int,
               progress: bool) -> dict:
     times, peaks = [], []
     method = ""
     for _ in range(repeat):
         with PeakMemory(phi.device) as mem:
-            _sync(phi.device)
+            synchronize(phi.device)
             t0 = time.perf_counter()
             out = model.render_image(phi, size, tile=tile, pad=pad, mode=mode, progress=progress)
-            _sync(phi.device)
+            synchronize(phi.device)
             times.append(time.perf_counter() - t0)
         out_bytes = out.numel() * out.element_size()
         if not torch.isfinite(out).all():
@@ -219,7 +204,7 @@ def run(args) -> dict:
     mmap = device.type == "cpu" and not args.default_malloc and use_mmap_for_tensors()
     inputs = []
     if args.model == RANDOM:
-        model, name = random_model(normalize=True, seed=args.seed), "random model"
+        model, name = small_random_model(normalize=True, seed=args.seed), "random model"
         print("model: small random model (--model random)")
     else:
         try:
@@ -234,7 +219,7 @@ def run(args) -> dict:
             print(f"model: the default model is missing ({str(e).splitlines()[0]})\n"
                   "       falling back to a small random model with the tiny fixture's shapes; timings show the "
                   "tiling's scaling, not the shipped model's speed")
-            model, name = random_model(normalize=True, seed=args.seed), "random model"
+            model, name = small_random_model(normalize=True, seed=args.seed), "random model"
     if args.json:
         refuse_overwriting_inputs([args.json], inputs)
     print(f"device: {device} ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -242,8 +227,8 @@ def run(args) -> dict:
           f"modes {args.modes}; load average {_load()}")
     sections = [bench_section(name, model, args, device)]
     if args.local:
-        sections.append(bench_section("random local-renderer model", random_model(normalize=False, seed=args.seed),
-                                      args, device))
+        local = small_random_model(normalize=False, seed=args.seed)
+        sections.append(bench_section("random local-renderer model", local, args, device))
     method = sections[0]["memory_method"] + ("; glibc mmap threshold fixed at 128 KiB" if mmap else "")
     print(f"\nmemory: {method}; 'peak MB' excludes the output buffer ('out MB')")
     print(f"load average at the end: {_load()} (other processes competing for the CPU inflate the times)")

@@ -38,7 +38,7 @@ from infd_solve import cli
 from infd_solve.clip import load_clip, zero_shot
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import save_figure
-from infd_solve.metrics import area_downsample, frechet_distance, psnr, seam_ratio
+from infd_solve.metrics import area_downsample, field_seam_ratios, frechet_distance, psnr
 
 
 def gt(scene, box=(0, 0, 1, 1), size=(256, 256)) -> torch.Tensor:
@@ -54,11 +54,6 @@ def aligned_box(rng, res, pixels):
     """A ``pixels``-wide window on the pixel lattice of a ``res``-wide canvas."""
     i, j = rng.integers(0, res - pixels + 1, size=2)
     return (j / res, i / res, (j + pixels) / res, (i + pixels) / res)
-
-
-@torch.no_grad()
-def clip_features(clip, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([clip.encode_image(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
@@ -129,7 +124,7 @@ def main(argv=None):
             l, t = round(box[0] * 1024), round(box[1] * 1024)
             up = F.interpolate(low, size=1024, mode="bicubic", align_corners=False)
             bicubic.append(up[..., t : t + 64, l : l + 64].clamp(-1, 1))
-    f_real, f_infd, f_bicubic = (clip_features(clip, torch.cat(x)) for x in (real, infd, bicubic))
+    f_real, f_infd, f_bicubic = (clip.encode_images(torch.cat(x)) for x in (real, infd, bicubic))
     table["patch FD @1024: INFD"] = frechet_distance(f_infd, f_real)
     table["patch FD @1024: input-size render + bicubic"] = frechet_distance(f_bicubic, f_real)
 
@@ -138,14 +133,14 @@ def main(argv=None):
     samples = torch.cat([model.render(phi, size) for phi in phis])
     real_a = torch.cat([gt(s, size=(size, size)) for s in scenes])
     real_b = torch.cat([gt(sample_scene(TEST_SEED_OFFSET + 50_000 + i), size=(size, size)) for i in range(args.scenes)])
-    f_samples, f_a, f_b = (clip_features(clip, x) for x in (samples, real_a, real_b))
+    f_samples, f_a, f_b = (clip.encode_images(x) for x in (samples, real_a, real_b))
     table["sample FD (whole images)"] = frechet_distance(f_samples, f_a)
     table["real-vs-real FD floor"] = frechet_distance(f_b, f_a)
 
     # ---- seams at feature-cell borders, in samples at 1024 and 2048
     field_size = phis[0].shape[-1]
     seam_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other sections' crops stay as before
-    for size, ratios in seams(model, phis[: args.seam_samples], field_size, seam_rng).items():
+    for size, ratios in field_seam_ratios(model, phis[: args.seam_samples], field_size, seam_rng).items():
         for kind, (along_x, along_y) in ratios.items():
             table[f"{kind} ratio @{size} along x"], table[f"{kind} ratio @{size} along y"] = along_x, along_y
 
@@ -168,31 +163,6 @@ def main(argv=None):
     figure(scenes[:4], phis[:4], model, args.out.with_suffix(".png"), table)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return table
-
-
-@torch.no_grad()
-def seams(model, phis, field_size: int, rng, sizes=(1024, 2048), window: int = 512, whole: int = 1024) -> dict:
-    """``{size: {"seam": (along_x, along_y), "bend": (along_x, along_y)}}`` for ``phis`` rendered at each size:
-    :func:`seam_ratio` of first differences (lines) and of second differences (slope jumps).
-
-    Up to ``whole``: whole canvases less one cell at each edge. Larger: one ``window``-pixel square per field,
-    starting on a cell border at least one cell from the canvas edges.
-    """
-    out = {}
-    for size in sizes:
-        if size % field_size:  # cells would not sit on the pixel lattice
-            continue
-        cell = size // field_size
-        if size <= whole:
-            images = torch.cat([model.render_image(phi, size)[..., cell:-cell, cell:-cell]
-                                for phi in tqdm(phis, desc=f"seams @{size}")])
-        else:
-            starts = rng.integers(1, (size - window) // cell, size=(len(phis), 2)) * cell
-            images = torch.cat([model.render(phi, window, (l / size, t / size, (l + window) / size,
-                                                           (t + window) / size))
-                                for phi, (t, l) in zip(tqdm(phis, desc=f"seams @{size}"), starts)])
-        out[size] = {"seam": seam_ratio(images, cell), "bend": seam_ratio(images, cell, order=2)}
-    return out
 
 
 def figure(scenes, phis, model, path: Path, table: dict) -> None:

@@ -144,18 +144,13 @@ def write_jobs(args, truths: list[str]) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-def crops(image: torch.Tensor, side: int = 64, stride: int = 32) -> torch.Tensor:
-    patches = image.unfold(-2, side, stride).unfold(-2, side, stride)  # 1 x 3 x nh x nw x side x side
-    return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, side, side)
-
-
 @torch.no_grad()
 def evaluate(args, jobs, records: dict, device) -> tuple[list[dict], dict]:
     """One row per (task, method): means of the per-image measures, LPIPS, patch FD."""
     from infd_solve.clip import load_clip
     from infd_solve.io import load_image
     from infd_solve.losses import load_lpips
-    from infd_solve.metrics import frechet_distance
+    from infd_solve.metrics import frechet_distance, patches
 
     notes = {}
     try:
@@ -167,7 +162,7 @@ def evaluate(args, jobs, records: dict, device) -> tuple[list[dict], dict]:
     clip = load_clip(args.clip, device=device)
 
     def features(images):
-        return torch.cat([clip.encode_image(crops(x).to(device)) for x in images]).cpu()
+        return torch.cat([clip.encode_image(patches(x).to(device)) for x in images]).cpu()
 
     by_id = {job.id: job for job in jobs}
     rows = []

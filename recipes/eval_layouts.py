@@ -10,7 +10,7 @@ and ``peak_meadow`` from ``recipes/examples/`` (or ``--layouts``), each solved o
 noise). ``--item KEY=JSON`` sets a field of every "clip" item (e.g. ``cutouts=8``, ``active=[0,600]``,
 ``margin=null``), to compare guidance settings.
 
-Each "clip" item's prompt names the labels it asks for (``PROMPT_LABELS``: "a lake" -> water, "snowy
+Each "clip" item's prompt names the labels it asks for (``infd_solve.judge.PROMPT_LABELS``: "a lake" -> water, "snowy
 mountains" -> snow or mountain, ...). The judge (``infd_solve.judge``, trained on the landscapes' per-pixel
 labels, never used for guidance) segments the whole canvas; per item:
 
@@ -39,86 +39,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import shapely
 import torch
 
 import infd_solve
+from infd_solve.cli import parse_assignments
 from infd_solve.clip import load_clip
 from infd_solve.io import atomic_path
-from infd_solve.judge import load_judge
+from infd_solve.judge import (judge_layout_items, label_colours, layout_items_markdown, load_judge,
+                              summarize_layout_items, target_labels)
 from infd_solve.layout import parse_layout, read_layout
-from infd_solve.regions import rasterize
 
 EXAMPLES = Path(__file__).parent / "examples"
 LAYOUTS = [EXAMPLES / f"{name}.json" for name in ("landscape_2048", "lake_forest", "corner_clouds", "peak_meadow")]
-PROMPT_LABELS = {
-    "clouds": ("cloud",), "a cloudy sky": ("cloud",), "a clear sky": ("sky",), "the sun": ("sun",),
-    "the moon": ("moon",), "snowy mountains": ("snow", "mountain"), "snowy peaks": ("snow", "mountain"),
-    "rocky mountains": ("mountain", "snow"), "a forest": ("forest",), "a grassy meadow": ("grass",),
-    "a lake": ("water",), "fog": ("fog",),
-}
-PALETTE = {"sky": (0.55, 0.75, 0.95), "cloud": (1.0, 1.0, 1.0), "sun": (1.0, 0.85, 0.1), "moon": (0.9, 0.9, 0.7),
-           "mountain": (0.5, 0.45, 0.4), "snow": (0.75, 0.95, 1.0), "forest": (0.1, 0.4, 0.15),
-           "grass": (0.5, 0.8, 0.25), "water": (0.1, 0.3, 0.85), "fog": (0.8, 0.7, 0.9)}
-
-
-def target_labels(prompt: str) -> tuple[str, ...]:
-    try:
-        return PROMPT_LABELS[prompt]
-    except KeyError:
-        raise SystemExit(f"prompt {prompt!r} has no label mapping; add it to PROMPT_LABELS") from None
-
-
-def region_of(constraint):
-    return constraint.geometry if constraint.geometry is not None else shapely.box(*constraint.box)
-
-
-def mirrored(box):
-    left, top, right, bottom = box
-    return (1 - right, top, 1 - left, bottom)
-
-
-def parse_item_overrides(pairs) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--item and --solver take KEY=JSON, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def judge_items(judge, labels: torch.Tensor, constraints, canvas) -> list[dict]:
-    """Per "clip" item, per sample: share of its region / outside / mirrored box labelled as asked."""
-    clips = [c for c in constraints if hasattr(c, "prompt")]
-    masks = {c.name: rasterize(region_of(c), (0.0, 0.0, 1.0, 1.0), canvas)[0, 0] for c in clips}
-    out = []
-    for c in clips:
-        targets = target_labels(c.prompt)
-        asking = [o for o in clips if set(target_labels(o.prompt)) & set(targets)]
-        union = torch.stack([masks[o.name] for o in asking]).amax(0)
-        mirror = shapely.box(*mirrored(c.box))
-        mirror_free = mirror.intersection(region_of(c)).area < 0.05 * mirror.area
-        row = {"name": c.name, "prompt": c.prompt, "labels": targets,
-               "in": judge.fractions(labels, targets, masks[c.name]).tolist(),
-               "outside": judge.fractions(labels, targets, 1 - union).tolist()}
-        if mirror_free:
-            m = rasterize(mirror, (0.0, 0.0, 1.0, 1.0), canvas)[0, 0]
-            row["mirror"] = judge.fractions(labels, targets, m).tolist()
-        out.append(row)
-    return out
-
-
-def label_image(labels: torch.Tensor, names) -> torch.Tensor:
-    """``H x W`` label indices -> ``3 x H x W`` colours in [-1, 1]."""
-    colours = torch.tensor([PALETTE.get(n, (0.5, 0.5, 0.5)) for n in names])
-    return colours[labels].permute(2, 0, 1) * 2 - 1
-
-
 def solve(model, constraints, seeds, steps, options):
     """One result per seed, batched when the seeds are consecutive (sample i uses seed + i)."""
     solver = infd_solve.Solver(model, steps=steps, progress=False, **options)
@@ -128,7 +60,8 @@ def solve(model, constraints, seeds, steps, options):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layouts", type=Path, nargs="+", default=LAYOUTS, help="layout files (default: the four above)")
     p.add_argument("--canvas", type=int, default=256, help="canvas side the judge sees (default 256)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
@@ -148,8 +81,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    overrides = parse_item_overrides(args.item)
-    options = {"scale": args.scale} | parse_item_overrides(args.solver)
+    overrides = parse_assignments(args.item, "--item")
+    options = {"scale": args.scale} | parse_assignments(args.solver, "--solver")
     model = infd_solve.load_model(args.model)
     clip = load_clip(args.clip)
     judge = load_judge(args.judge)
@@ -166,14 +99,18 @@ def main(argv=None) -> dict:
         layout = read_layout(path)
         layout["items"] = [item | overrides if item.get("type") == "clip" else item for item in layout["items"]]
         _, constraints = parse_layout(layout | {"canvas": args.canvas}, clip=clip, base_dir=path.parent)
+        try:  # before solving: every prompt must name labels the judge can look for
+            [target_labels(c.prompt) for c in constraints if hasattr(c, "prompt")]
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from None
         t0 = time.time()
         result = solve(model, constraints, seeds, args.steps, options)
         solve_seconds[path.stem] = round(time.time() - t0, 1)
         with torch.no_grad():
             images = result.render(canvas)
         labels = judge.segment(images)
-        guided_rows = judge_items(judge, labels, constraints, canvas)
-        plain_rows = judge_items(judge, unguided_labels, constraints, canvas)
+        guided_rows = judge_layout_items(judge, labels, constraints, canvas)
+        plain_rows = judge_layout_items(judge, unguided_labels, constraints, canvas)
         for c, g, u in zip([c for c in constraints if hasattr(c, "prompt")], guided_rows, plain_rows):
             with torch.no_grad():
                 clip_g = c.similarity(result.render(c.size, c.box)).tolist()
@@ -190,11 +127,11 @@ def main(argv=None) -> dict:
             figure_rows.append((path, constraints, images[0], labels[0], unguided_images[0], unguided_labels[0]))
         print(f"{path.stem}: solved in {solve_seconds[path.stem]} s", flush=True)
 
-    summary = summarize(items)
+    summary = summarize_layout_items(items)
     summary["wall seconds"] = round(time.time() - start, 1)
     meta = {"layouts": [str(p) for p in args.layouts], "canvas": args.canvas, "steps": args.steps, "seeds": seeds,
-            "scale": args.scale, "solver_options": options, "item_overrides": overrides, "judge": judge.name, "model": args.model,
-            "clip": args.clip, "solve_seconds": solve_seconds, "threads": torch.get_num_threads()}
+            "scale": args.scale, "solver_options": options, "item_overrides": overrides, "judge": judge.name,
+            "model": args.model, "clip": args.clip, "solve_seconds": solve_seconds, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     with atomic_path(args.out.with_suffix(".json")) as tmp:
@@ -211,47 +148,10 @@ def main(argv=None) -> dict:
     return {"summary": summary, "items": items}
 
 
-def summarize(items: list[dict]) -> dict:
-    mean = lambda v: float(np.mean(v))  # noqa: E731
-    g = np.array([mean(i["judge_guided"]) for i in items])
-    u = np.array([mean(i["judge_unguided"]) for i in items])
-    cg = np.array([mean(i["clip_guided"]) for i in items])
-    cu = np.array([mean(i["clip_unguided"]) for i in items])
-    leak = np.array([mean(i["outside_guided"]) - mean(i["outside_unguided"]) for i in items])
-    per_g = np.concatenate([i["judge_guided"] for i in items])
-    per_u = np.concatenate([i["judge_unguided"] for i in items])
-    per_cg = np.concatenate([i["clip_guided"] for i in items])
-    per_cu = np.concatenate([i["clip_unguided"] for i in items])
-    return {
-        "items": len(items),
-        "guided beats unguided (judge, % of items)": round(100 * float((g > u).mean()), 1),
-        "mean target share in box, guided": round(float(g.mean()), 3),
-        "mean target share in box, unguided": round(float(u.mean()), 3),
-        "mean leakage (share outside, guided - unguided)": round(float(leak.mean()), 3),
-        "CLIP and judge agree (% of items)": round(100 * float((np.sign(cg - cu) == np.sign(g - u)).mean()), 1),
-        "guided beats unguided (judge, % of item-seeds)": round(100 * float((per_g > per_u).mean()), 1),
-        "CLIP and judge agree (% of item-seeds)":
-            round(100 * float((np.sign(per_cg - per_cu) == np.sign(per_g - per_u)).mean()), 1),
-        "mean CLIP similarity, guided": round(float(cg.mean()), 3),
-        "mean CLIP similarity, unguided": round(float(cu.mean()), 3),
-    }
-
-
 def tables(items: list[dict], summary: dict, meta: dict) -> str:
-    mean = lambda v: float(np.mean(v))  # noqa: E731
     lines = [f"Canvas {meta['canvas']}, {meta['steps']} steps, seeds {meta['seeds']}, solver options "
              f"{json.dumps(meta['solver_options'])}, clip item overrides {json.dumps(meta['item_overrides'])}", "",
-             "| layout | prompt (labels) | in box: guided / unguided | leakage | mirror box: guided / unguided "
-             "| CLIP: guided / unguided | judge wins | CLIP agrees |", "|---|---|---|---|---|---|---|---|"]
-    for i in items:
-        g, u, cg, cu = (mean(i[k]) for k in ("judge_guided", "judge_unguided", "clip_guided", "clip_unguided"))
-        leak = mean(i["outside_guided"]) - mean(i["outside_unguided"])
-        mirror = (f"{mean(i['mirror_guided']):.2f} / {mean(i['mirror_unguided']):.2f}" if "mirror_guided" in i
-                  else "")
-        lines.append(f"| {i['layout']} | {i['prompt']} ({', '.join(i['labels'])}) | {g:.2f} / {u:.2f} | {leak:+.3f} "
-                     f"| {mirror} | {cg:.2f} / {cu:.2f} | {'yes' if g > u else 'no'} "
-                     f"| {'yes' if np.sign(cg - cu) == np.sign(g - u) else 'no'} |")
-    lines += ["", "| summary | value |", "|---|---|"]
+             layout_items_markdown(items), "", "| summary | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     return "\n".join(lines) + "\n"
 
@@ -264,7 +164,8 @@ def draw(rows, names, canvas, out: Path) -> Path:
     for path, constraints, guided, labels, plain, plain_labels in rows:
         drawn = [plot_layout([image], canvas, constraints, folder / f"{path.stem}_{kind}.png", max_pixels=512)
                  for kind, image in (("guided", guided), ("unguided", plain))]
-        panels.append((path.stem, [drawn[0], label_image(labels, names), drawn[1], label_image(plain_labels, names)]))
+        panels.append((path.stem, [drawn[0], label_colours(labels, names),
+                                   drawn[1], label_colours(plain_labels, names)]))
     return image_rows(panels, ["guided, layout drawn", "judge: guided", "unguided, layout drawn", "judge: unguided"],
                       out.with_suffix(".png"), panel=3.5, dpi=80)
 

@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from infd_solve.data import landscapes as L
+from infd_solve.data.crops import DOMINANT, caption_batch, captioned_pool, dominated_crops, to_clip_input
 from infd_solve.clip import WEIGHTS_FILE, load_clip, save_clip, zero_shot
 from infd_solve.io import atomic_path
-from infd_solve.training import load_train_state, save_train_state
+from infd_solve.training import load_train_state, save_train_state, warmup_cosine_lr, weight_decay_groups
 from infd_solve.viz import plot_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,112 +67,10 @@ MODEL_CFGS = {
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     },
 }
-DOMINANT = 0.6          # a crop "is" a label when that label covers >= 60 % of its pixels
-MIN_SIDE, MAX_SIDE = 0.1, 1.0
-MAX_ASPECT = 1.5
 EVAL_SEED = 2024        # held-out crops are the same for every run
 
 
 # ----------------------------------------------------------------------------- data
-
-def random_box(rng: np.random.Generator) -> tuple:
-    """Box with sides in [MIN_SIDE, MAX_SIDE] (log-uniform scale, aspect up to MAX_ASPECT), inside the canvas."""
-    scale = math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE)))
-    aspect = math.exp(rng.uniform(-math.log(MAX_ASPECT), math.log(MAX_ASPECT)))
-    w = min(MAX_SIDE, max(MIN_SIDE, scale * math.sqrt(aspect)))
-    h = min(MAX_SIDE, max(MIN_SIDE, scale / math.sqrt(aspect)))
-    x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
-    return (x0, y0, min(1.0, x0 + w), min(1.0, y0 + h))
-
-
-def random_scene(rng: np.random.Generator, split: str) -> L.Scene:
-    lo, hi = (0, L.TEST_SEED_OFFSET) if split == "train" else (L.TEST_SEED_OFFSET, 2 * L.TEST_SEED_OFFSET)
-    for _ in range(100):
-        try:
-            return L.sample_scene(int(rng.integers(lo, hi)))
-        except ValueError:  # a few seeds have inconsistent parameters (see report); draw another
-            continue
-    raise RuntimeError("could not sample a valid scene in 100 tries")
-
-
-def crop(rng: np.random.Generator, size: int, split: str = "train"):
-    """One (uint8 HxWx3 image, caption, dominant label index or -1) sample."""
-    scene = random_scene(rng, split)
-    box = random_box(rng)
-    rgb, lab = L.render_scene(scene, box, (size, size))
-    frac = np.bincount(lab.ravel(), minlength=len(L.LABELS)) / lab.size
-    dominant = int(frac.argmax()) if frac.max() >= DOMINANT else -1
-    text = L.caption(scene, box, (size, size))
-    return (rgb * 255.0 + 0.5).astype(np.uint8), text, dominant
-
-
-def make_pool(n: int, size: int, seed: int, desc: str = "data"):
-    images = np.empty((n, size, size, 3), np.uint8)
-    texts, dominant = [], np.empty(n, np.int64)
-    for i in tqdm(range(n), desc=desc, leave=False, mininterval=2.0):
-        images[i], text, dominant[i] = crop(np.random.default_rng([seed, i]), size)
-        texts.append(text)
-    return images, texts, dominant
-
-
-def load_or_make_pool(n: int, size: int, seed: int, cache: str | None):
-    """``make_pool``, optionally cached in an .npz that records what it was made from."""
-    import hashlib
-
-    key = hashlib.sha256(Path(L.__file__).read_bytes()).hexdigest()[:16] + f"-{n}-{size}-{seed}"
-    if cache and Path(cache).is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            if str(z["key"]) == key:
-                return z["images"], [str(t) for t in z["texts"]], z["dominant"]
-        print(f"{cache} was made with other settings or another generator version: regenerating", flush=True)
-    pool = make_pool(n, size, seed, desc="generating crops")
-    if cache:
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, key=np.array(key), images=pool[0], texts=np.array(pool[1]), dominant=pool[2])
-    return pool
-
-
-def eval_crops(n: int, size: int, seed: int = EVAL_SEED, max_tries: int | None = None):
-    """``n`` held-out crops (test seeds) dominated by one label: (uint8 images, label indices)."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    tries = 0
-    while len(images) < n:
-        tries += 1
-        if max_tries is not None and tries > max_tries:
-            break
-        scene = random_scene(rng, "test")
-        rgb, lab = L.render_scene(scene, random_box(rng), (size, size))
-        frac = np.bincount(lab.ravel(), minlength=len(L.LABELS)) / lab.size
-        if frac.max() >= DOMINANT:
-            images.append((rgb * 255.0 + 0.5).astype(np.uint8))
-            labels.append(int(frac.argmax()))
-    return np.stack(images), np.array(labels)
-
-
-def pick_batch(rng, texts, dominant, batch_size, label_prob, prompts):
-    """Indices and texts of one batch with distinct texts (as far as the pool allows)."""
-    n = len(texts)
-    idx, chosen, seen = [], [], set()
-    candidates = rng.choice(n, size=min(n, 6 * batch_size), replace=False)
-    use_label = rng.random(len(candidates)) < label_prob
-    for c, ul in zip(candidates, use_label):
-        t = prompts[dominant[c]] if (ul and dominant[c] >= 0) else texts[c]
-        if t in seen:
-            continue
-        seen.add(t)
-        idx.append(int(c))
-        chosen.append(t)
-        if len(idx) == batch_size:
-            break
-    for c in candidates:  # tiny pools: fill up with repeats
-        if len(idx) == batch_size:
-            break
-        idx.append(int(c))
-        chosen.append(texts[c])
-    return np.array(idx), chosen
-
 
 # ----------------------------------------------------------------------------- training
 
@@ -204,34 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def lr_at(step: int, args) -> float:
-    warm = args.warmup if args.warmup is not None else max(1, min(100, args.steps // 10))
-    if step < warm:
-        return args.lr * (step + 1) / warm
-    t = (step - warm) / max(1, args.steps - warm)
-    return args.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
-
-
-def param_groups(model, weight_decay):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        # as open_clip's trainer: no decay on gains, biases, norms, logit scale, embeddings of positions/tokens
-        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
-                or "embedding" in name or "class_embedding" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def to_input(images_u8: np.ndarray, mean, std, flip: np.ndarray | None = None) -> torch.Tensor:
-    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
-    if flip is not None and flip.any():
-        f = torch.from_numpy(flip)
-        x[f] = x[f].flip(-1)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
 def main(argv: list[str] | None = None) -> dict:
     import open_clip
     from open_clip.model import CLIP
@@ -250,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
 
     # Data (deterministic in --seed, so a resumed run regenerates the same pool).
-    images, texts, dominant = load_or_make_pool(args.pool_size, size, args.seed, args.pool_cache)
+    images, texts, dominant = captioned_pool(args.pool_size, size, args.seed, args.pool_cache)
     pix = images.reshape(-1, 3).astype(np.float64) / 255.0
     mean = tuple(round(float(v), 4) for v in pix.mean(0))
     std = tuple(round(float(v), 4) for v in pix.std(0))
@@ -264,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = CLIP(**model_cfg).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.ClipLoss()
     # What open_clip.get_tokenizer("local-dir:" + out) gives for this config (no hf_tokenizer_name): the built-in
     # BPE SimpleTokenizer, whose vocabulary ships inside the package (offline).
@@ -291,11 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     while step < args.steps:
         rng = np.random.default_rng([args.seed, 1, step])
-        idx, batch_texts = pick_batch(rng, texts, dominant, args.batch_size, args.label_prob, prompts)
-        x = to_input(images[idx], mean, std, flip=rng.random(len(idx)) < 0.5).to(args.device)
+        idx, batch_texts = caption_batch(rng, texts, dominant, args.batch_size, args.label_prob, prompts)
+        x = to_clip_input(images[idx], mean, std, flip=rng.random(len(idx)) < 0.5).to(args.device)
         tokens = tokenizer(batch_texts).to(args.device)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = warmup_cosine_lr(step, args.steps, args.lr, args.warmup)
         img_f, txt_f, scale = model(x, tokens)
         loss = loss_fn(img_f, txt_f, scale)
         total = loss
@@ -326,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "resize_mode": "squash"}
     save_clip(model, model_cfg, preprocess_cfg, out)
     exported = load_clip(out, device=args.device)  # scored as users will load it
-    images, labels = eval_crops(args.eval_crops, exported.size)
+    images, labels = dominated_crops(args.eval_crops, exported.size, EVAL_SEED)
     accuracy, per_label = zero_shot(exported, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
                                     torch.from_numpy(labels), [L.label_captions()[name] for name in L.LABELS])
     per_class = {L.LABELS[k]: v for k, v in per_label.items()}

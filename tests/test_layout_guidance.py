@@ -200,7 +200,8 @@ def test_regions_of_active_constraints_are_united(tiny_clip):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def test_layout_evaluation_measures_share_in_box_leakage_and_mirror(tiny_clip):
-    recipe = load_recipe("eval_layouts")
+    from infd_solve.judge import judge_layout_items, target_labels
+
     judge = Judge(JudgeNet(JudgeConfig(labels=LABELS, channels=(4, 4), stem=4)), "test")
     lake = ClipBox("a lake", (0.0, 0.5, 0.5, 1.0), clip=tiny_clip)
     clouds = ClipBox("clouds", (0.75, 0.0, 1.0, 0.25), clip=tiny_clip)
@@ -208,10 +209,10 @@ def test_layout_evaluation_measures_share_in_box_leakage_and_mirror(tiny_clip):
     labels[:, 8:, :8] = LABELS.index("water")  # the lake's box, all water
     labels[:, 12:, 8:] = LABELS.index("water")  # and water spilling into the lower right
     labels[:, :4, :4] = LABELS.index("cloud")  # clouds in the mirror of the clouds' box only
-    rows = {r["prompt"]: r for r in recipe.judge_items(judge, labels, [lake, clouds], (16, 16))}
+    rows = {r["prompt"]: r for r in judge_layout_items(judge, labels, [lake, clouds], (16, 16))}
     assert rows["a lake"]["in"] == [1.0]
     assert rows["a lake"]["outside"] == [pytest.approx(32 / 192)]
     assert rows["clouds"]["in"] == [0.0] and rows["clouds"]["mirror"] == [1.0]
     assert rows["a lake"]["mirror"] == [0.5]
-    with pytest.raises(SystemExit, match="no label mapping"):
-        recipe.target_labels("a volcano")
+    with pytest.raises(ValueError, match="no label mapping"):
+        target_labels("a volcano")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from infd_solve.metrics import seam_ratio
 
-from .helpers import load_recipe, tiny_model
+from .helpers import tiny_model
 
 
 def smooth_images(batch=2, size=128, seed=0):
@@ -64,7 +64,8 @@ def test_seam_ratio_rejects_bad_input(images, cell):
 
 def test_eval_seams_measure_renders_on_the_cell_lattice():
     """eval_default's seam section: whole canvases less the edge cells, and cell-aligned windows."""
-    seams = load_recipe("eval_default").seams
+    from infd_solve.metrics import field_seam_ratios as seams
+
     model = tiny_model(normalize=False, seed=2, with_unet=False)
     with torch.no_grad():
         phis = [model.decode(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(s))) for s in (0, 1)]

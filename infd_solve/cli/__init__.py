@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -106,6 +107,21 @@ def check_solver_arguments(parser, args) -> None:
     for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
         if not math.isfinite(value) or value < 0:
             parser.error(f"{name} must be a finite number >= 0, got {value}")
+
+
+def parse_assignments(pairs, option: str) -> dict:
+    """``["KEY=JSON", ...]`` (a repeatable option's values) -> ``{KEY: value}``; a value that is not JSON is
+    kept as a string."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} takes KEY=JSON, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def resolve_device(name=None):
