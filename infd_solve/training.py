@@ -178,6 +178,18 @@ def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int | None = None
     return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
 
 
+def add_run_arguments(parser, default_out, save_every: int) -> None:
+    """The options every resumable training recipe takes: ``--out``, ``--seed``, ``--threads``,
+    ``--save-every``, ``--resume``, ``--keep-state``."""
+    parser.add_argument("--out", default=str(default_out), help=f"output directory (default {default_out})")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--save-every", type=int, default=save_every,
+                        help=f"write train_state.pt every N steps (default {save_every})")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    parser.add_argument("--keep-state", action="store_true", help="keep train_state.pt after training")
+
+
 def load_train_state(path: Path, resume: bool, must_match: dict | None = None) -> dict | None:
     """What ``--resume`` continues: the state saved at ``path`` (read by the safe loader, like every checkpoint),
     or ``None`` to start from scratch, saying why when a state is missing or left alone. ``must_match``: entries

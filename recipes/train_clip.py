@@ -46,7 +46,8 @@ from infd_solve.data import landscapes as L
 from infd_solve.data.crops import DOMINANT, caption_batch, captioned_pool, dominated_crops, to_clip_input
 from infd_solve.clip import WEIGHTS_FILE, load_clip, save_clip, zero_shot
 from infd_solve.io import atomic_path
-from infd_solve.training import load_train_state, save_train_state, warmup_cosine_lr, weight_decay_groups
+from infd_solve.training import (add_run_arguments, load_train_state, save_train_state, warmup_cosine_lr,
+                                 weight_decay_groups)
 from infd_solve.viz import plot_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,12 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crops", type=int, default=500, help="held-out crops for zero-shot accuracy (default 500)")
     p.add_argument("--config", choices=sorted(MODEL_CFGS), default="default", help="model size (default: default)")
     p.add_argument("--tiny", action="store_const", const="tiny", dest="config", help="same as --config tiny")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output directory (default {DEFAULT_OUT})")
-    p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--save-every", type=int, default=100, help="write train_state.pt every N steps (default 100)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
-    p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after training")
+    add_run_arguments(p, DEFAULT_OUT, save_every=100)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return p
 

@@ -48,7 +48,7 @@ from infd_solve.data.crops import label_weights, labelled_batch, labelled_pool, 
 from infd_solve.io import atomic_path
 from infd_solve.judge import WEIGHTS_FILE, JudgeConfig, JudgeNet, confusion_counts, load_judge, save_judge
 from infd_solve.metrics import segmentation_scores
-from infd_solve.training import load_train_state, save_train_state, warmup_cosine_lr
+from infd_solve.training import add_run_arguments, load_train_state, save_train_state, warmup_cosine_lr
 from infd_solve.viz import plot_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=sorted(CHANNELS), default="default", help="network size")
     p.add_argument("--eval-scenes", type=int, default=150, help="held-out scenes per evaluation set (default 150)")
     p.add_argument("--val-every", type=int, default=250, help="held-out accuracy every N steps (default 250)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output directory (default {DEFAULT_OUT})")
-    p.add_argument("--seed", type=int, default=0, help="seed for data and initialisation (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--save-every", type=int, default=250, help="write train_state.pt every N steps (default 250)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
-    p.add_argument("--keep-state", action="store_true", help="keep train_state.pt after training")
+    add_run_arguments(p, DEFAULT_OUT, save_every=250)
     return p
 
 
