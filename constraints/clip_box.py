@@ -106,7 +106,8 @@ class ClipBox(Constraint):
             self.negatives = clip.encode_text(list(negative_prompts)) if negative_prompts else None
         # where guidance may move pixels: inside a polygon only; None: the whole grid
         self.pixel_mask = self._coverage(self.size) if self.geometry is not None else None
-        self.candidates = self._candidates() if self.cutouts else None
+        # a numpy array, so Constraint.to leaves it on the host: views are drawn there, without device syncs
+        self.candidates = self._candidates().numpy() if self.cutouts else None
         self.salt = zlib.crc32(repr((self.name, self.box)).encode())  # constraints draw different views
         self._keys: tuple[list[int], int] = ([], 0)
 
@@ -175,7 +176,7 @@ class ClipBox(Constraint):
             keys = list(range(b))
         thetas = []
         h, w = patch.shape[-2:]
-        candidates = self.candidates.cpu()  # drawn on the CPU: the same views on every device
+        candidates = torch.from_numpy(self.candidates)  # drawn on the CPU: the same views on every device
         for key in keys:
             g = torch.Generator().manual_seed((int(key) * 1_000_003 + step * 7919 + self.salt) % 2**63)
             side, top, left = candidates[torch.randint(len(candidates), (k,), generator=g)].double().unbind(1)
@@ -186,7 +187,10 @@ class ClipBox(Constraint):
             theta[:, 1, 1] = side / h
             theta[:, 1, 2] = (top + side / 2) / h * 2 - 1
             thetas.append(theta)
-        theta = torch.cat(thetas).to(patch.device, patch.dtype)
+        theta = torch.cat(thetas).to(patch.dtype)
+        if patch.device.type == "cuda":  # pinned + non-blocking: the copy does not wait for the device
+            theta = theta.pin_memory().to(patch.device, non_blocking=True)
+        theta = theta.to(patch.device)
         grid = F.affine_grid(theta, (b * k, 3, s, s), align_corners=False)
         return F.grid_sample(patch.repeat_interleave(k, 0), grid, mode="bilinear", padding_mode="border",
                              align_corners=False)

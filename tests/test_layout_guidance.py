@@ -105,7 +105,7 @@ def test_solves_with_random_views_are_reproducible_and_a_sample_ignores_its_batc
 def test_polygon_views_stay_inside_the_polygon(tiny_clip):
     c = ClipBox("a forest", polygon=PENTAGON, clip=tiny_clip, cutouts=8)
     coverage = rasterize(c.geometry, c.box, c.size)[0, 0]
-    side, top, left = c.candidates.unbind(1)
+    side, top, left = torch.from_numpy(c.candidates).unbind(1)
     inside = [coverage[t:t + s, l:l + s].mean().item() for s, t, l in zip(side.tolist(), top.tolist(), left.tolist())]
     assert len(inside) > 10 and min(inside) >= MIN_COVERAGE - 1e-6
     box_item = ClipBox("a forest", c.box, clip=tiny_clip, cutouts=8)
