@@ -5,7 +5,8 @@ A layout (every field but ``items`` optional; defaults shown)::
     {
       "canvas": 512,                  # output size: S (square) or [H, W]
       "seed": 0, "steps": 50, "guidance": "dps", "guidance_scale": 1.0, "eta": 1.0, "batch_size": 1,
-      "normalize": true, "max_grad_norm": null, "refine_steps": null, "keep_outside": false,  # Solver options
+      "normalize": true, "max_grad_norm": null, "refine_steps": null, "refine_anchor": 0.03,
+      "keep_outside": false,  # Solver options
       "description": "free text",
       "items": [
         {"type": "clip", "prompt": "clouds", "box": [0.0, 0.0, 1.0, 0.4], "negative_prompts": ["fog"]},
@@ -46,10 +47,10 @@ from .rendering import MAX_CANVAS, check_size
 __all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout"]
 
 TOP_FIELDS = ("canvas", "seed", "steps", "guidance", "guidance_scale", "eta", "batch_size", "normalize",
-              "max_grad_norm", "refine_steps", "keep_outside", "description", "items")
+              "max_grad_norm", "refine_steps", "refine_anchor", "keep_outside", "description", "items")
 SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "scale", "eta": "eta",
                  "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps",
-                 "keep_outside": "keep_outside"}
+                 "refine_anchor": "refine_anchor", "keep_outside": "keep_outside"}
 CONTEXT_ARGUMENTS = ("clip", "canvas")  # constructor arguments the layout supplies, not its items
 MAX_ITEMS = 256
 
@@ -72,6 +73,7 @@ class LayoutSettings:
     normalize: bool = True
     max_grad_norm: float | None = None
     refine_steps: int | None = None
+    refine_anchor: float = 0.03
     keep_outside: bool = False
     description: str = ""
     source: Path | None = None

@@ -228,6 +228,7 @@ def refine_latent(
     lr: float = 0.05,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    anchor: float = 0.0,
 ) -> torch.Tensor:
     """Data consistency after sampling: ``steps`` of Adam on the clean latent against ``objective``.
 
@@ -236,13 +237,19 @@ def refine_latent(
     consistency" of latent solvers such as ReSample, applied once at the end). Adam's update is elementwise
     and the objective is summed over the batch, so samples stay independent. A sample whose loss or gradient
     is not finite keeps its latent that step. ``callback`` gets the same keys as in :func:`sample_guided`
-    (``t`` is 0, ``i`` counts refinement steps).
+    (``t`` is 0, ``i`` counts refinement steps). ``anchor``: weight of the mean squared distance to ``x0``
+    added to each sample's loss. Adam scales every latent cell's step to about ``lr`` however small its
+    gradient, so cells the observation barely sees (under an inpainting hole) would drift; the anchor keeps
+    them at the sample.
     """
-    x = x0.detach().clone().requires_grad_(True)
+    start = x0.detach()
+    x = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     for i in tqdm(range(steps), desc="refine", disable=not progress):
         with torch.enable_grad():
             loss, terms = objective(x, i, 0)
+            if anchor:
+                loss = loss + anchor * (x - start).square().flatten(1).mean(1)
             grad = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0] if loss.requires_grad else None
         grad, skipped = _sanitize(torch.zeros_like(x) if grad is None else grad, loss.detach(), None)
         before = x.detach().clone() if skipped.any() else None

@@ -183,7 +183,8 @@ def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
 
 
 def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, max_grad_norm=None,
-                  refine_steps=None, refine_lr=0.05, keep_outside=False, num_train_timesteps: int = 1000) -> dict:
+                  refine_steps=None, refine_lr=0.05, refine_anchor=0.03, keep_outside=False,
+                  num_train_timesteps: int = 1000) -> dict:
     """The :class:`Solver` options, checked (``ValueError`` starting with the option's name) and normalized;
     ``timesteps`` added. Layouts check theirs with this too."""
     steps = checks.integer(steps, "steps", 1)
@@ -201,6 +202,7 @@ def check_options(steps=50, eta=1.0, guidance="dps", scale=1.0, normalize=True, 
                                                                           strict=True),
         "refine_steps": None if refine_steps is None else checks.integer(refine_steps, "refine_steps", 0),
         "refine_lr": checks.number(refine_lr, "refine_lr", strict=True),
+        "refine_anchor": checks.number(refine_anchor, "refine_anchor", 0.0, 1e6),
         "keep_outside": checks.boolean(keep_outside, "keep_outside"),
     }
 
@@ -216,7 +218,8 @@ class Solver:
     after sampling, that many Adam steps (learning rate ``refine_lr``) on the final latent against the
     constraints that opt in (``Constraint.refine``: observations do, CLIP boxes do not), for data
     consistency (see :func:`infd_solve.sampling.refine_latent`); ``None`` (default): ``DEFAULT_REFINE_STEPS``
-    when some constraint opts in, else none. ``keep_outside``: when every constraint has a latent region
+    when some constraint opts in, else none. ``refine_anchor``: the refinement's pull towards the sampled
+    latent, which keeps what the observation barely sees (an inpainting hole) from drifting. ``keep_outside``: when every constraint has a latent region
     (:meth:`Constraint.latent_region`; ``ClipBox`` has one by default), the latent outside their union
     follows the unguided sample from the same noise (blended diffusion, one more denoiser call per step), so
     a layout leaves what it does not mention as the prior drew it; off by default, because the items then
@@ -231,7 +234,8 @@ class Solver:
 
     def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
                  scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
-                 refine_steps: int | None = None, refine_lr: float = 0.05, keep_outside: bool = False,
+                 refine_steps: int | None = None, refine_lr: float = 0.05, refine_anchor: float = 0.03,
+                 keep_outside: bool = False,
                  progress: bool = True,
                  autocast: torch.dtype | None = None, checkpoint_decoder: bool = False, compile: bool | str = False):
         if not isinstance(model, INFDModel):
@@ -240,13 +244,14 @@ class Solver:
             raise ValueError("model has no diffusion denoiser (an autoencoder only); it cannot sample")
         options = check_options(steps=steps, eta=eta, guidance=guidance, scale=scale, normalize=normalize,
                                 max_grad_norm=max_grad_norm, refine_steps=refine_steps, refine_lr=refine_lr,
-                                keep_outside=keep_outside,
+                                refine_anchor=refine_anchor, keep_outside=keep_outside,
                                 num_train_timesteps=model.scheduler.config.num_train_timesteps)
         self.model, self.progress = model, bool(progress)
         self.timesteps = options.pop("timesteps")
         self.eta, self.guidance, self.scale = options["eta"], options["guidance"], options["scale"]
         self.normalize, self.max_grad_norm = options["normalize"], options["max_grad_norm"]
         self.refine_steps, self.refine_lr = options["refine_steps"], options["refine_lr"]
+        self.refine_anchor = options["refine_anchor"]
         self.keep_outside = options["keep_outside"]
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
@@ -369,7 +374,7 @@ class Solver:
                           region=guided_region(constraints, shape, model.device, model.dtype), keep=keep)
         if refine_steps:
             z = refine_latent(z, self.objective(refined, keys=keys), refine_steps, self.refine_lr, record,
-                              self.progress)
+                              self.progress, anchor=self.refine_anchor)
         z = model.unscale(z.detach())
         with torch.no_grad():
             phi = model.decode(z)

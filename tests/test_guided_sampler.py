@@ -84,3 +84,22 @@ def test_gradient_clipping_bounds_each_sample(problem):
     norms = []
     run(problem, 10, "dps", batch=4, scale=1.0, max_grad_norm=1e-3, callback=lambda s: norms.append(s["grad_norm"]))
     assert max(float(n.max()) for n in norms) <= 1e-3 + 1e-9
+
+
+def test_refinement_anchor_keeps_barely_seen_cells_in_place():
+    # Adam steps every cell by about lr however small its gradient: cells an observation barely sees
+    # (gradient 1e-6 here) drift as far as the ones it sees, unless anchored to the sample
+    from infd_solve.sampling import refine_latent
+
+    x0 = torch.zeros(1, 2, 4, 4)
+    weights = torch.ones_like(x0)
+    weights[:, 1] = 1e-6
+
+    def objective(z, i, t):
+        return (weights * (z - 1.0).square()).flatten(1).sum(1), {}
+
+    free = refine_latent(x0, objective, 100, progress=False)
+    anchored = refine_latent(x0, objective, 100, progress=False, anchor=0.03)
+    assert free[:, 1].abs().min() > 1.0  # drifted towards the barely seen target, like the seen cells
+    assert anchored[:, 1].abs().max() < 0.1  # held near the sample
+    assert (anchored[:, 0] - 1.0).abs().max() < 0.1  # the seen cells still fit

@@ -68,14 +68,16 @@ def test_minimal_layout_gets_the_defaults():
     assert (s.canvas, s.seed, s.steps, s.guidance, s.guidance_scale, s.eta, s.batch_size) == (
         (512, 512), 0, 50, "dps", solver_scale, 1.0, 1)
     assert s.solver_kwargs() == {"steps": 50, "eta": 1.0, "guidance": "dps", "scale": solver_scale, "normalize": True,
-                                 "max_grad_norm": None, "refine_steps": None, "keep_outside": False}
+                                 "max_grad_norm": None, "refine_steps": None, "refine_anchor": 0.03,
+                                 "keep_outside": False}
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path):
     layout = {
         "canvas": [96, 128], "seed": 3, "steps": 10, "guidance": "x0", "guidance_scale": 0.5, "eta": 0.0,
-        "batch_size": 2, "normalize": False, "max_grad_norm": 2.0, "refine_steps": 7, "keep_outside": True,
+        "batch_size": 2, "normalize": False, "max_grad_norm": 2.0, "refine_steps": 7, "refine_anchor": 0.5,
+        "keep_outside": True,
         "description": "all types",
         "items": [
             {"type": "clip", "prompt": "clouds", "box": [0, 0, 1, 0.4], "weight": 2, "negative_prompts": ["fog"],
@@ -94,7 +96,7 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
         s, cs = parse_layout(path, clip=clip)
     assert s.canvas == (96, 128) and s.seed == 3 and s.batch_size == 2 and s.source == path.resolve()
     assert s.solver_kwargs() == {"steps": 10, "eta": 0.0, "guidance": "x0", "scale": 0.5, "normalize": False,
-                                 "max_grad_norm": 2.0, "refine_steps": 7, "keep_outside": True}
+                                 "max_grad_norm": 2.0, "refine_steps": 7, "refine_anchor": 0.5, "keep_outside": True}
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1
