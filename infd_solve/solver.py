@@ -75,7 +75,8 @@ class Result:
                 scores = c.score(self.model.render(self.field, c.score_size, c.box))
                 out[c.name] = {k: v.double().cpu().tolist() for k, v in scores.items()}
                 if unguided is not None:
-                    out[c.name]["guided"] = [float(i not in unguided.get(c.name, ())) for i in range(len(self.field))]
+                    skipped = unguided.get(c.name, ())
+                    out[c.name]["guided"] = [float(i not in skipped) for i in range(len(self.field))]
         return out
 
     def never_guided(self) -> dict[str, list[int]]:
@@ -219,11 +220,13 @@ class Solver:
     constraints that opt in (``Constraint.refine``: observations do, CLIP boxes do not), for data
     consistency (see :func:`infd_solve.sampling.refine_latent`); ``None`` (default): ``DEFAULT_REFINE_STEPS``
     when some constraint opts in, else none. ``refine_anchor``: the refinement's pull towards the sampled
-    latent, which keeps what the observation barely sees (an inpainting hole) from drifting. ``keep_outside``: when every constraint has a latent region
-    (:meth:`Constraint.latent_region`; ``ClipBox`` has one by default), the latent outside their union
-    follows the unguided sample from the same noise (blended diffusion, one more denoiser call per step), so
-    a layout leaves what it does not mention as the prior drew it; off by default, because the items then
-    fill their boxes less (measured in ``pretrained/MODEL_CARD.md``).
+    latent, which keeps what the observation barely sees (an inpainting hole) from drifting.
+
+    ``keep_outside``: when every constraint has a latent region (:meth:`Constraint.latent_region`; ``ClipBox``
+    has one by default), the latent outside their union follows the unguided sample from the same noise
+    (blended diffusion, one more denoiser call per step), so a layout leaves what it does not mention as the
+    prior drew it; off by default, because the items then fill their boxes less (measured in
+    ``pretrained/MODEL_CARD.md``).
 
     For speed and memory (a GPU's): ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the denoiser,
     decoder, renderer and losses of each guided step in that precision, the update in the model's own;
@@ -235,8 +238,7 @@ class Solver:
     def __init__(self, model: INFDModel, steps: int = 50, eta: float = 1.0, guidance: str = "dps",
                  scale: float = 1.0, normalize: bool = True, max_grad_norm: float | None = None,
                  refine_steps: int | None = None, refine_lr: float = 0.05, refine_anchor: float = 0.03,
-                 keep_outside: bool = False,
-                 progress: bool = True,
+                 keep_outside: bool = False, progress: bool = True,
                  autocast: torch.dtype | None = None, checkpoint_decoder: bool = False, compile: bool | str = False):
         if not isinstance(model, INFDModel):
             raise ValueError(f"model must be an INFDModel (from infd_solve.load_model), got {type(model).__name__}")
