@@ -105,17 +105,17 @@ class ClipBox(Constraint):
             self.text = clip.encode_text([prompt])
             self.negatives = clip.encode_text(list(negative_prompts)) if negative_prompts else None
         # where guidance may move pixels: inside a polygon only; None: the whole grid
-        self.pixel_mask = self._coverage(self.size) if self.geometry is not None else None
+        self.pixel_mask = self._coverage(self.box, self.size) if self.geometry is not None else None
         # a numpy array, so Constraint.to leaves it on the host: views are drawn there, without device syncs
         self.candidates = self._candidates().numpy() if self.cutouts else None
         self.salt = zlib.crc32(repr((self.name, self.box)).encode())  # constraints draw different views
         self._keys: tuple[list[int], int] = ([], 0)
 
-    def _coverage(self, size: tuple[int, int]) -> torch.Tensor:
-        """``1 x 1 x H x W`` share of each pixel of the box's grid at ``size`` inside the region."""
+    def _coverage(self, box, size: tuple[int, int]) -> torch.Tensor:
+        """``1 x 1 x H x W`` share of each pixel of ``box`` on a ``size`` grid inside the polygon."""
         from ..regions import rasterize
 
-        return rasterize(self.geometry, self.box, size)
+        return rasterize(self.geometry, box, size)
 
     def _candidates(self) -> torch.Tensor:
         """``N x 3`` (side, top, left) in pixels of the grid: the squares a random view may be, at least
@@ -155,18 +155,13 @@ class ClipBox(Constraint):
             return None
         h, w = shape
         if self.geometry is not None:
-            cells = self._coverage_on(shape) > 0
+            cells = self._coverage((0.0, 0.0, 1.0, 1.0), shape)[0, 0] > 0
         else:
             left, top, right, bottom = self.box
             cells = torch.zeros(h, w, dtype=torch.bool)
             cells[math.floor(top * h):math.ceil(bottom * h), math.floor(left * w):math.ceil(right * w)] = True
         grown = F.max_pool2d(cells[None, None].float(), 2 * self.margin + 1, 1, self.margin)
         return grown[0, 0]
-
-    def _coverage_on(self, shape: tuple[int, int]) -> torch.Tensor:
-        from ..regions import rasterize
-
-        return rasterize(self.geometry, (0.0, 0.0, 1.0, 1.0), shape)[0, 0]
 
     def random_views(self, patch: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
         """``B*cutouts x 3 x S x S`` random views of each rendered patch (S: CLIP's input side), drawn from

@@ -330,6 +330,12 @@ class Processes:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc) -> None:  # the process group is torn down however the run ends
+        self.close()
+
 
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM, which torchrun and job schedulers send to stop workers, end the process as Ctrl-C does
@@ -344,8 +350,9 @@ def interrupt_on_sigterm() -> None:
 
 def launch(timeout_days: float = 7.0) -> Processes:
     """This process's place, from the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``); with several, a gloo process group (used only to wait for each other at the end, on
-    CPUs and GPUs alike; the long timeout lets one rank wait for another's last job)."""
+    ``LOCAL_RANK``), to use as ``with launch() as processes:``; with several, a gloo process group (used only
+    to wait for each other at the end, on CPUs and GPUs alike; the long timeout lets one rank wait for
+    another's last job)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if world_size > 1 and not torch.distributed.is_initialized():

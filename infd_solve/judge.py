@@ -176,13 +176,14 @@ def save_judge(net: JudgeNet, directory: str | Path) -> Path:
 def confusion_counts(net, images_u8: np.ndarray, labels: np.ndarray, chunk: int = 8) -> np.ndarray:
     """``classes x classes`` pixel counts (rows: truth, columns: prediction) of ``net`` (a :class:`JudgeNet` or
     :class:`Judge`) on uint8 ``N x H x W x 3`` images with their ``N x H x W`` labels."""
+    from .data.crops import to_batch
+
     net = getattr(net, "net", net)
     classes = len(net.config.labels)
     counts = np.zeros((classes, classes), np.int64)
     with torch.no_grad():
         for i in range(0, len(images_u8), chunk):
-            x = torch.from_numpy(images_u8[i:i + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            pred = net(x).argmax(1).numpy().ravel()
+            pred = net(to_batch(images_u8[i:i + chunk])).argmax(1).numpy().ravel()
             truth = labels[i:i + chunk].astype(np.int64).ravel()
             counts += np.bincount(truth * classes + pred, minlength=classes * classes).reshape(classes, classes)
     return counts

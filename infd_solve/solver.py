@@ -146,11 +146,14 @@ def guided_region(constraints: Sequence[Constraint], shape: tuple[int, int], dev
     if all(r is None for r in regions.values()):
         return None
 
+    unions = {}  # per set of active constraints: their union, made once
+
     def region(i: int, t: int):
-        active = [regions[c.name] for c in constraints if c.is_active(t)]
-        if not active or any(r is None for r in active):
-            return None
-        return torch.stack(active).amax(0)
+        active = tuple(c.name for c in constraints if c.is_active(t))
+        if active not in unions:
+            masks = [regions[name] for name in active]
+            unions[active] = None if not masks or any(r is None for r in masks) else torch.stack(masks).amax(0)
+        return unions[active]
 
     return region
 

@@ -20,14 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import LandscapeDataset, render_scene, sample_scene
+from .data.crops import to_tensor
 from .io import atomic_path
 from .models.renderer import COORD_CHANNELS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def to_tensor(rgb01: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb01)).permute(2, 0, 1).float() * 2 - 1
 
 
 class LandscapeSource:

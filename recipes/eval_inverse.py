@@ -308,11 +308,8 @@ def main(argv=None):
             parser.error(f"--size must be at least 64 (the tasks' boxes and kernels scale with it), got {args.size}")
         if not 0 <= args.noise <= 1:
             parser.error(f"--noise must be in [0, 1], got {args.noise}")
-        processes = batch.launch()
-        try:
+        with batch.launch() as processes:
             return run(args, processes)
-        finally:
-            processes.close()
 
 
 if __name__ == "__main__":

@@ -94,11 +94,8 @@ def main(argv=None, prog: str = PROG) -> list[dict]:
         args.prog = prog
         if args.threads <= 0:
             parser.error(f"--threads must be positive, got {args.threads}")
-        processes = batch.launch()
-        try:
+        with batch.launch() as processes:
             return run(args, processes)
-        finally:
-            processes.close()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,11 @@ def cached(cache: str | Path | None, key: str, make: Callable[[], dict[str, np.n
     return arrays
 
 
+def to_tensor(rgb01: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` float in [0, 1] -> ``3 x H x W`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb01)).permute(2, 0, 1).float() * 2 - 1
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``1 x 3 x H x W`` in [-1, 1] -> ``H x W x 3`` uint8."""
     return ((x[0].clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).numpy()
@@ -172,13 +177,11 @@ def degraded(kind: str, scene: L.Scene, box, size: int, rng: np.random.Generator
         return (rgb * 255 + 0.5).astype(np.uint8)
     if kind == "autoencoder":
         small, _ = L.render_scene(scene, box, model.config.input_size)
-        x = torch.from_numpy(small).permute(2, 0, 1)[None].float() * 2 - 1
         with torch.no_grad():
-            return to_uint8(model.render(model.decode(model.encode(x)), (size, size)))
+            return to_uint8(model.render(model.decode(model.encode(to_tensor(small)[None])), (size, size)))
     low = int(rng.integers(16, 49))
     rgb, _ = L.render_scene(scene, box, (low, low))
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() * 2 - 1
-    return to_uint8(F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False))
+    return to_uint8(F.interpolate(to_tensor(rgb)[None], size=(size, size), mode="bicubic", align_corners=False))
 
 
 def labelled_crop(seed: int, i: int, size: int, split: str, full_fraction: float, kind_probs, model):
