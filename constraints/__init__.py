@@ -3,6 +3,7 @@ built-in ones, one small subclass per file. A new one needs no edit elsewhere (s
 """
 
 from .base import REGISTRY, Constraint
+from .observation import Observation
 from .blur_observation import BlurObservation
 from .clip_box import ClipBox
 from .color_match import ColorMatch
@@ -10,5 +11,5 @@ from .lowres_observation import LowResObservation
 from .masked_observation import MaskedObservation
 from .perceptual_match import PerceptualMatch
 
-__all__ = ["Constraint", "REGISTRY", "BlurObservation", "ClipBox", "ColorMatch", "LowResObservation",
+__all__ = ["Constraint", "REGISTRY", "Observation", "BlurObservation", "ClipBox", "ColorMatch", "LowResObservation",
            "MaskedObservation", "PerceptualMatch"]

@@ -24,18 +24,16 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from .. import checks
 from ..rendering import FULL_CANVAS, Box, check_box, check_size
 
-if TYPE_CHECKING:
-    from ..layout import LayoutContext
-
 REGISTRY: dict[str, type["Constraint"]] = {}  # layout "type" -> constraint class
 BASE_LAYOUT_FIELDS = ("box", "weight", "active", "name", "refine")  # what every layout item may set
+CONTEXT_ARGUMENTS = ("clip", "canvas")  # constructor arguments a layout supplies, not its items' fields
 MAX_WEIGHT = 1e6
 MAX_GRID_PIXELS = 4096 * 4096  # one constraint's render grid, with gradients, must fit in memory
 
@@ -57,6 +55,8 @@ class Constraint:
     layout_type: ClassVar[str | None] = None
     # layout fields that hold file paths, resolved relative to the layout file
     layout_paths: ClassVar[tuple[str, ...]] = ()
+    # constructor arguments that are not layout fields (objects a subclass builds from its own fields)
+    layout_hidden: ClassVar[tuple[str, ...]] = ()
     default_weight: ClassVar[float] = 1.0
     refine: bool = False
     batch: int = 1  # how many samples the constraint's data covers (observations of several images: one each)
@@ -164,8 +164,6 @@ class Constraint:
         """The fields a layout item of this type may have: the constructor's arguments (those of the base
         class too when it forwards ``**kwargs``), except what the layout itself supplies (``clip``,
         ``canvas``)."""
-        from ..layout import CONTEXT_ARGUMENTS
-
         fields: dict[str, inspect.Parameter] = {}
         for klass in cls.__mro__:
             if "__init__" not in klass.__dict__:
@@ -174,6 +172,8 @@ class Constraint:
             for p in params:
                 if klass is Constraint and p.name not in BASE_LAYOUT_FIELDS:
                     continue  # a grid size or a polygon is a field only where a subclass offers it
+                if p.name in cls.layout_hidden:
+                    continue
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in CONTEXT_ARGUMENTS:
                     fields.setdefault(p.name, p)
             if not any(p.kind == p.VAR_KEYWORD for p in params):
@@ -181,11 +181,12 @@ class Constraint:
         return fields
 
     @classmethod
-    def from_layout(cls, fields: dict[str, Any], context: "LayoutContext") -> "Constraint":
-        """Build from a layout item's fields (without ``type``). Unknown fields, missing required ones and
+    def from_layout(cls, fields: dict[str, Any], context) -> "Constraint":
+        """Build from a layout item's fields (without ``type``) and the layout's ``context`` (its ``canvas``,
+        ``clip`` and ``resolve_path(field, value)``; :class:`infd_solve.layout.LayoutContext`). Unknown fields, missing required ones and
         paths that do not exist raise ``ValueError`` starting with the field's name; the constructor checks
         the values. Override for items that need more than a call of the constructor."""
-        from ..layout import CONTEXT_ARGUMENTS, unknown_field
+        from ..checks import unknown_field
 
         allowed = cls.layout_fields()
         for key in fields:

@@ -1,323 +1,52 @@
 """Deblurring: the field, blurred by a known kernel, must explain a blurred (and noisy) observation.
 
-The operator (the same one simulates observations in benchmarks, guides, and scores)::
-
-    A(x) = k * pad_reflect(x)        true convolution (the kernel flipped, as ``scipy.ndimage.convolve``),
-                                     'same' size, borders mirrored without repeating the edge pixel
-
-as in DPS's blur operators. Kernels are given in the observation's own pixels: a 2-D array (any odd sides),
-a file (``.npy``, or a grayscale image), or a spec ``{"type": "gaussian", "size": 61, "sigma": 3.0}`` /
-``{"type": "motion", "size": 61, "length": 31, "angle": null, "seed": 0}``; every kernel is normalized to
-sum 1.
-
-**How the kernel scales.** Guidance renders the box on a grid of at most ``max_side`` pixels per side (the
-observation's own grid when it is smaller), so on a large observation the grid is coarser, by ``s`` grid
-pixels per observation pixel (``s <= 1``, per axis). There the kernel is *rebinned*: it is read as a
-piecewise-constant function (each tap's weight spread evenly over its pixel, centred on the kernel's
-centre), and each tap of the grid's kernel is the weight that falls in its grid cell (cells of ``1 / s``
-observation pixels, centred on the same centre; the fewest odd taps that cover the support). Weight is
-conserved exactly, a kernel of width ``w`` observation pixels becomes ``w * s`` grid pixels wide (a Gaussian
-of sigma ``sigma`` one of about ``sigma * s``, a motion of length ``L`` one of length ``L * s``), and thin
-kernels (motion lines) are never missed between samples. At ``s = 1`` the kernel is used as given. The
-observation itself is resampled onto the grid like every observation (``MaskedObservation``'s resampler),
-its noise averaged down with it. :meth:`BlurObservation.score` always uses the kernel as given, on the
-observation's own grid.
+The operator, its kernels and how a kernel is rebinned onto a coarser guidance grid:
+:mod:`infd_solve.operators.blur`.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from .. import checks
-from ..io import load_image, load_mask
-from ..metrics import psnr
-from .base import Constraint, check_aspect, file_label, files_of, working_grid
-from .masked_observation import resample
-
-MAX_KERNEL_SIDE = 1025
-KERNEL_TYPES = ("gaussian", "motion")
-_SPEC_FIELDS = {"gaussian": ("type", "size", "sigma"), "motion": ("type", "size", "length", "angle", "seed")}
+from ..io import load_image
+from ..operators import Blur
+from ..operators.blur import (blur, blur_transpose, gaussian_kernel, load_kernel, motion_kernel,  # noqa: F401
+                              resample_kernel)
+from .base import files_of
+from .observation import Observation
 
 
-# ------------------------------------------------------------------------------------------------ kernels
-def _odd_side(value, name: str) -> int:
-    side = checks.integer(value, name, 1, MAX_KERNEL_SIDE)
-    if side % 2 == 0:
-        raise ValueError(f"{name} must be odd (the kernel has a centre pixel), got {side}")
-    return side
-
-
-def gaussian_kernel(size: int = 61, sigma: float = 3.0) -> torch.Tensor:
-    """``size x size`` Gaussian of standard deviation ``sigma`` pixels, sampled at the pixel centres and
-    normalized to sum 1 over the whole support (float64)."""
-    size = _odd_side(size, "size")
-    sigma = checks.number(sigma, "sigma", 0.0, 1e4, strict=True)
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-x.square() / (2 * sigma**2))
-    k = g[:, None] * g[None, :]
-    return k / k.sum()
-
-
-def motion_kernel(size: int = 61, length: float = 31.0, angle: float | None = None, seed: int = 0) -> torch.Tensor:
-    """Linear motion blur: a straight camera motion at uniform speed (MATLAB ``fspecial('motion')``'s model).
-
-    The kernel is a segment of ``length`` pixels through the centre of a ``size x size`` support at ``angle``
-    degrees counter-clockwise from the +x axis (image rows point down), drawn with unit width and
-    antialiased (uniformly spaced points along it, 16 per pixel, each splatted bilinearly), normalized to sum
-    1; it is point-symmetric about its centre. ``angle=None`` draws it uniformly in [0, 180) from
-    ``numpy.random.default_rng(seed)``, so a seed names a kernel (float64).
-    """
-    size = _odd_side(size, "size")
-    length = checks.number(length, "length", 0.0, size - 1, strict=True)
-    if angle is None:
-        angle = float(np.random.default_rng(checks.integer(seed, "seed", 0)).uniform(0.0, 180.0))
-    angle = checks.number(angle, "angle", None)
-    n = max(2, math.ceil(16 * length))
-    t = (torch.arange(n, dtype=torch.float64) + 0.5) / n * length - length / 2
-    theta = math.radians(angle)
-    centre = size // 2
-    x, y = centre + t * math.cos(theta), centre - t * math.sin(theta)
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    k = torch.zeros(size * size, dtype=torch.float64)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            row, col = (y0 + dy).long(), (x0 + dx).long()
-            inside = (row >= 0) & (row < size) & (col >= 0) & (col < size)
-            k.index_add_(0, (row * size + col)[inside], (wy * wx)[inside])
-    k = k.view(size, size)
-    return k / k.sum()
-
-
-def _kernel_from_spec(spec: dict) -> torch.Tensor:
-    kind = spec.get("type")
-    if kind not in KERNEL_TYPES:
-        raise ValueError(f"kernel.type must be one of {', '.join(map(repr, KERNEL_TYPES))}, got "
-                         f"{checks.shown(kind)}")
-    for key in spec:
-        if key not in _SPEC_FIELDS[kind]:
-            raise ValueError(f"kernel: unknown field {checks.shown(key)} for a {kind} kernel; allowed: "
-                             f"{', '.join(_SPEC_FIELDS[kind])}")
-    args = {k: v for k, v in spec.items() if k != "type"}
-    try:
-        return (gaussian_kernel if kind == "gaussian" else motion_kernel)(**args)
-    except ValueError as e:
-        raise ValueError(f"kernel.{e}") from None
-
-
-def load_kernel(kernel, name: str = "kernel") -> torch.Tensor:
-    """A 2-D float64 kernel with odd sides, non-negative, normalized to sum 1, from a tensor, a numpy array,
-    nested lists, a spec dict (``{"type": "gaussian" | "motion", ...}``, see :func:`gaussian_kernel` and
-    :func:`motion_kernel`) or a file (``.npy``; any other extension is read as a grayscale image)."""
-    if isinstance(kernel, dict):
-        k = _kernel_from_spec(kernel)
-    elif isinstance(kernel, (str, Path)):
-        path = Path(kernel)
-        if not path.is_file():
-            raise ValueError(f"{name}: no kernel file at {path}")
-        if path.suffix.lower() == ".npy":
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise ValueError(f"{name}: cannot read {path} as a .npy array ({e})") from None
-            k = _as_kernel_tensor(array, name)
-        else:
-            k = load_mask(path, name)[0, 0].double()
-    elif torch.is_tensor(kernel) or isinstance(kernel, (np.ndarray, list, tuple)):
-        k = _as_kernel_tensor(kernel, name)
-    else:
-        raise ValueError(f"{name} must be a 2-D array, a file path or a spec like {{\"type\": \"gaussian\", "
-                         f"\"size\": 61, \"sigma\": 3.0}}, got {type(kernel).__name__}")
-    if k.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (height x width), got shape {tuple(k.shape)}")
-    for side, label in zip(k.shape, ("height", "width")):
-        if side % 2 == 0 or side > MAX_KERNEL_SIDE:
-            raise ValueError(f"{name} {label} must be odd and at most {MAX_KERNEL_SIDE} (the kernel has a centre "
-                             f"pixel), got shape {tuple(k.shape)}")
-    if not torch.isfinite(k).all() or (k < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative weights")
-    total = k.sum()
-    if total <= 0:
-        raise ValueError(f"{name} has no weight (all zeros)")
-    return k / total
-
-
-def _as_kernel_tensor(value, name: str) -> torch.Tensor:
-    try:
-        array = value.detach().cpu().double() if torch.is_tensor(value) else \
-            torch.as_tensor(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 2-D array of numbers") from None
-    while array.dim() > 2 and array.shape[0] == 1:  # 1 x 1 x kh x kw, as a conv weight
-        array = array[0]
-    return array
-
-
-def _bins(taps_in: int, scale: float) -> torch.Tensor:
-    """``taps_out x taps_in``: the share of each input pixel falling in each output cell (columns sum to 1)."""
-    r = taps_in // 2
-    m = max(0, math.ceil((r + 0.5) * scale - 0.5))
-    lo_in = torch.arange(taps_in, dtype=torch.float64) - r - 0.5
-    lo_out = (torch.arange(2 * m + 1, dtype=torch.float64) - m - 0.5) / scale
-    overlap = torch.minimum(lo_in[None] + 1, lo_out[:, None] + 1 / scale) - torch.maximum(lo_in[None], lo_out[:, None])
-    return overlap.clamp_min(0)
-
-
-def resample_kernel(kernel: torch.Tensor, scale) -> torch.Tensor:
-    """``kernel`` (in observation pixels) on a grid of ``scale`` grid pixels per observation pixel (a number,
-    or ``(rows, columns)``): rebinned, weight conserved (see the module's docstring); unchanged at scale 1."""
-    sh, sw = (scale, scale) if isinstance(scale, (int, float)) else scale
-    for value in (sh, sw):
-        checks.number(value, "scale", 0.0, 1e3, strict=True)
-    if sh == 1 and sw == 1:
-        return kernel
-    k = kernel.double()
-    out = _bins(k.shape[0], sh).to(k.device) @ k @ _bins(k.shape[1], sw).to(k.device).T
-    return (out / out.sum()).to(kernel.dtype)
-
-
-# ----------------------------------------------------------------------------------------- the operator
-def _check_fits(kernel_shape, grid, name: str = "kernel") -> None:
-    (kh, kw), (h, w) = kernel_shape, grid
-    if kh // 2 >= h or kw // 2 >= w:
-        raise ValueError(f"{name} of {kh}x{kw} is too large for a {h}x{w} grid: mirrored borders need a "
-                         f"kernel radius smaller than the image side ({kh // 2} vs {h}, {kw // 2} vs {w})")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)  # FFTs of half precision are limited; compute in >= fp32
-
-
-def _convolve_full(x: torch.Tensor, kernel: torch.Tensor, size) -> torch.Tensor:
-    """Linear (not circular) convolution of ``x`` with ``kernel`` over the last two axes, by FFT, the first
-    ``size`` entries of the full result."""
-    kh, kw = kernel.shape
-    full = (x.shape[-2] + kh - 1, x.shape[-1] + kw - 1)
-    spectrum = torch.fft.rfft2(x, s=full) * torch.fft.rfft2(kernel.to(x.dtype), s=full)
-    out = torch.fft.irfft2(spectrum, s=full)
-    return out if size is None else out[..., : size[0], : size[1]]
-
-
-def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``A(x)``: ``... x H x W`` convolved with ``kernel`` (a true convolution) with mirrored borders; same size.
-
-    Computed by FFT (a 61x61 kernel costs no more than a 3x3 one); equal to
-    ``conv2d(pad(x, reflect), flip(kernel))`` up to rounding."""
-    kh, kw = kernel.shape
-    h, w = x.shape[-2:]
-    _check_fits(kernel.shape, (h, w))
-    rh, rw = kh // 2, kw // 2
-    work = _work_dtype(x.dtype)
-    lead = x.shape[:-2]
-    padded = F.pad(x.to(work).reshape(-1, 1, h, w), (rw, rw, rh, rh), mode="reflect")
-    full = _convolve_full(padded, kernel.to(device=x.device), None)
-    return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].reshape(*lead, h, w).to(x.dtype)
-
-
-def _unpad_reflect(g: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Adjoint of mirrored padding by ``r`` along ``dim``: the padded border's values added back where they
-    were mirrored from."""
-    if r == 0:
-        return g
-    n = g.shape[dim] - 2 * r
-    out = g.narrow(dim, r, n).clone()
-    out.narrow(dim, 1, r).add_(g.narrow(dim, 0, r).flip(dim))
-    out.narrow(dim, n - 1 - r, r).add_(g.narrow(dim, r + n, r).flip(dim))
-    return out
-
-
-def blur_transpose(v: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``A^T(v)``, the adjoint of :func:`blur` (``<A u, v> = <u, A^T v>``): correlation with the kernel onto
-    the padded grid, then the mirrored borders folded back."""
-    kh, kw = kernel.shape
-    h, w = v.shape[-2:]
-    _check_fits(kernel.shape, (h, w))
-    work = _work_dtype(v.dtype)
-    lead = v.shape[:-2]
-    flipped = kernel.to(device=v.device).flip(0, 1)
-    g = _convolve_full(v.to(work).reshape(-1, 1, h, w), flipped, (h + kh - 1, w + kw - 1))
-    g = _unpad_reflect(_unpad_reflect(g, kw // 2, -1), kh // 2, -2)
-    return g.reshape(*lead, h, w).to(v.dtype)
-
-
-# ---------------------------------------------------------------------------------------- the constraint
-class BlurObservation(Constraint):
+class BlurObservation(Observation):
     """``image`` is ``box`` of the canvas blurred by ``kernel`` (in the image's pixels), plus noise.
 
     ``kernel``: a 2-D array, a file (``.npy`` or a grayscale image) or a spec dict (``{"type": "gaussian",
     "size": 61, "sigma": 3.0}``, ``{"type": "motion", "size": 61, "length": 31, "angle": null, "seed": 0}``;
-    see :func:`gaussian_kernel`, :func:`motion_kernel`), normalized to sum 1. The operator is
-    :func:`blur` (true convolution, mirrored borders). Guidance renders the box on a grid of at most
-    ``max_side`` pixels per side, with the image resampled and the kernel rebinned onto it (how: the module's
-    docstring), so a step costs the same however large the photo. ``noise_sigma``: the observation noise (in
-    [-1, 1] units); the loss is the mean squared residual per value minus the noise's share, floored at 0,
-    as :class:`LowResObservation`'s. :meth:`score` measures the result on the image's own grid with the
-    kernel as given (measurement consistency).
+    see :func:`~infd_solve.operators.gaussian_kernel`, :func:`~infd_solve.operators.motion_kernel`),
+    normalized to sum 1. The operator is :class:`~infd_solve.operators.Blur` (true convolution, mirrored
+    borders). Guidance renders the box on a grid of at most ``max_side`` pixels per side, with the image
+    resampled and the kernel rebinned onto it, so a step costs the same however large the photo.
+    ``noise_sigma``: the observation noise (in [-1, 1] units). :meth:`score` measures the result on the
+    image's own grid with the kernel as given (measurement consistency); after solving, the result blurred by
+    the kernel reproduces the image within the noise (:mod:`infd_solve.consistency`).
     """
 
     layout_type = "blur"
     layout_paths = ("image", "kernel")
-    default_weight = 5.0
-    refine = True
-    overlay_linestyle = "--"
+    kind = "blur"
+    classical_answer = "a regularized deconvolution"
+    unknown_part = "detail the blur removed"
 
     def __init__(self, image, kernel, box=None, noise_sigma: float = 0.0, max_side: int = 256, **kwargs):
-        noise_sigma = checks.number(noise_sigma, "noise_sigma", 0.0, 2.0)
-        self.input_files = files_of(image) + files_of(kernel)
-        self._label = file_label("blur", files_of(image))
         y = load_image(image, "image")
-        k = load_kernel(kernel, "kernel")
-        self.batch = y.shape[0]
-        full = tuple(y.shape[-2:])
-        grid = working_grid(full, max_side)
-        super().__init__(box=box, size=grid, **{"name": "blur"} | kwargs)
-        check_aspect(y, self.box, "image")
-        _check_fits(k.shape, full)
-        scale = (grid[0] / full[0], grid[1] / full[1])
-        self.image, self.score_size = y, full
-        self.kernel = k.float()  # as given, on the image's grid (score)
-        self.grid_kernel = resample_kernel(k, scale).float()  # on the guidance grid
-        _check_fits(self.grid_kernel.shape, grid)
-        self.observed = resample(y, grid)
-        # averaging ~1/s^2 noisy pixels into one divides the noise's standard deviation by ~1/s
-        self.noise_sigma, self.effective_sigma = float(noise_sigma), float(noise_sigma) * min(1.0, *scale)
+        super().__init__(y, Blur(kernel, y.shape[-2:]), box=box, noise_sigma=noise_sigma, max_side=max_side,
+                         **kwargs)
+        self._image_files = files_of(image)
+        self.input_files = self._image_files + files_of(kernel)
 
     @property
-    def label(self) -> str:
-        return self._label
+    def kernel(self):
+        """The kernel as given, on the image's grid."""
+        return self.operator.kernel
 
-    def kernel_on(self, size) -> torch.Tensor:
-        """The kernel for a grid of ``size`` over the box: as given on the image's grid, the guidance kernel
-        on the guidance grid, else rebinned to that grid."""
-        size = tuple(size)
-        if size == tuple(self.score_size):
-            return self.kernel
-        if size == tuple(self.size):
-            return self.grid_kernel
-        full = self.score_size
-        return resample_kernel(self.kernel, (size[0] / full[0], size[1] / full[1]))
-
-    def forward_operator(self, patch: torch.Tensor) -> torch.Tensor:
-        """``A(patch)`` on the patch's own grid (the kernel scaled to it, :meth:`kernel_on`)."""
-        return blur(patch, self.kernel_on(patch.shape[-2:]))
-
-    def transpose(self, v: torch.Tensor) -> torch.Tensor:
-        """``A^T(v)`` on the grid of ``v``: the adjoint of :meth:`forward_operator`."""
-        return blur_transpose(v, self.kernel_on(v.shape[-2:]))
-
-    def loss(self, patch: torch.Tensor) -> torch.Tensor:
-        residual = (blur(patch, self.grid_kernel) - self.observed).square().flatten(1).mean(1)
-        return (residual - self.effective_sigma**2).clamp_min(0)
-
-    def score(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """On a patch rendered at ``score_size`` (the image's grid): ``psnr`` (dB), measurement consistency,
-        the clamped patch blurred by the kernel as given vs the image; ``loss``, the mean squared residual."""
-        with torch.no_grad():
-            seen = blur(patch.clamp(-1, 1), self.kernel).clamp(-1, 1)
-            image = self.image.expand_as(seen)
-            return {"loss": (seen - image).square().flatten(1).mean(1), "psnr": psnr(seen, image)}
+    @property
+    def grid_kernel(self):
+        """The kernel on the guidance grid."""
+        return self.guide.kernel

@@ -126,7 +126,7 @@ class Job:
 
 
 def _unknown(key, allowed, what: str) -> ValueError:
-    from .layout import unknown_field
+    from .checks import unknown_field
 
     return ValueError(f"{what}: {unknown_field(key, allowed)}")
 
@@ -429,18 +429,19 @@ def _resized(image: torch.Tensor, size) -> torch.Tensor:
 
 
 def _sr_observe(truth: torch.Tensor, factor: int, operator: str) -> torch.Tensor:
-    """The truth seen by the SR camera: the very operator of ``LowResObservation``."""
-    from .constraints import LowResObservation
+    """The truth seen by the SR camera: the operator of ``LowResObservation`` (``render`` is the area average
+    of the canvas: what rendering on the coarse grid approximates)."""
+    from .operators import Downsample
 
     h, w = truth.shape[-2:]
     low = (max(1, round(h / factor)), max(1, round(w / factor)))
-    return LowResObservation(torch.zeros(1, 3, *low), operator=operator).forward_operator(truth, low)
+    return Downsample((h, w), low, "bicubic" if operator == "bicubic" else "area")(truth)
 
 
 def _simulate(job: Job, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The observation of ``truth`` for a task job (and its mask): the constraint's operator, then seeded
     Gaussian noise, clamped to [-1, 1] (the constraints take images in that range)."""
-    from .constraints.blur_observation import blur, load_kernel
+    from .operators import Blur
 
     spec = job.spec
     noise_seed = spec.get("noise_seed", spec.get("seed", 0))
@@ -451,7 +452,7 @@ def _simulate(job: Job, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     elif job.task == "deblur":
         kernel = spec["kernel"]
         kernel = _path(kernel, "kernel", job.base_dir) if isinstance(kernel, str) else kernel
-        clean = blur(truth, load_kernel(kernel, "kernel").to(truth.dtype))
+        clean = Blur(kernel, truth.shape[-2:]).to(truth.dtype)(truth)
     else:
         h, w = truth.shape[-2:]
         if "missing" in spec:  # exactly that share of the pixels, all channels
@@ -643,9 +644,13 @@ class Runner:
             sampling = len(solver.timesteps)
             seconds |= {"sampling": sum(steps[:sampling]), "refinement": sum(steps[sampling:])}
             if keep:
+                from .consistency import correct
+
                 z = model.unscale(captured["z"])
                 with torch.no_grad():
-                    unrefined = Result(model, z, model.decode(z), result.constraints, {})
+                    field = model.decode(z)
+                corrections = correct(model, field, result.constraints) if solver.consistency else []
+                unrefined = Result(model, z, field, result.constraints, {}, corrections)
         elif job.method == "prior":
             generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(settings.batch_size)]
             z = model.sample(settings.batch_size, steps=settings.steps, eta=settings.eta, generator=generators,
@@ -680,16 +685,20 @@ class Runner:
         return record | {"status": "done", "seconds": seconds, "written": [p.name for p in written]}
 
     def _classical(self, job: Job, prepared: Prepared) -> torch.Tensor:
-        """The classical answer at the canvas size: bicubic upsampling (SR), zero-filled holes (inpainting,
-        unknown pixels 0 = mid grey), the blurred image itself (deblurring)."""
+        """The classical answer at the canvas size (:mod:`infd_solve.baselines`): bicubic upsampling (SR), a
+        harmonic fill of the unknown pixels (inpainting), Wiener deconvolution (deblurring)."""
+        from .baselines import bicubic, harmonic_fill, wiener_deconvolution
+
         constraint = prepared.constraints[0]
         size = tuple(prepared.settings.canvas)
         observed = constraint.image.cpu().float()
         if job.task == "sr":
-            return F.interpolate(observed, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+            return bicubic(observed, size)
         if job.task == "inpaint":
-            observed = observed * constraint.image_mask.cpu().float()
-        return _resized(observed, size).clamp(-1, 1)
+            mask = constraint.operator.weight.cpu().float()
+            return _resized(harmonic_fill(observed, mask), size).clamp(-1, 1)
+        kernel = constraint.operator.kernel.cpu()
+        return _resized(wiener_deconvolution(observed, kernel, constraint.noise_sigma), size).clamp(-1, 1)
 
 
 def _settings_dict(settings) -> dict:

@@ -108,3 +108,28 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
             zipped = f.read(4) == b"PK\x03\x04"
         kind = "truncated or corrupt PyTorch checkpoint" if zipped else "not a PyTorch checkpoint"
         raise CheckpointError(f"cannot read {path}: {kind} ({type(e).__name__}: {error_detail(e)})") from None
+
+
+def _list(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_checked_state_dict(model, state: dict, source, unexpected=()) -> None:
+    """Load ``state`` into ``model`` (a ``torch.nn.Module``) strictly; on any mismatch raise
+    :class:`CheckpointError` listing what is wrong."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = list(unexpected) + [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_list(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatches (file != model): {_list(wrong, 6)}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the model config; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

@@ -7,6 +7,7 @@ a Python number is; booleans, strings, NaN and infinities are not numbers here.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 
@@ -78,3 +79,13 @@ def shown(value, limit: int = 80) -> str:
     except (ValueError, RecursionError):  # e.g. ints past Python's digit limit
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 5] + " ...)"
+
+
+def unknown_field(key, allowed) -> ValueError:
+    """The error for a field that is not one of ``allowed``, with the closest allowed name."""
+    names = [str(a) for a in allowed]
+    key_text = str(key)
+    close = [a for a in names if len(key_text) >= 3 and (key_text in a or a in key_text)][:1] or \
+        difflib.get_close_matches(key_text, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown field {checks.shown(key, 200)}{hint}; allowed: {', '.join(sorted(allowed))}")

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from . import checks
+from .checks import unknown_field
+from .constraints.base import CONTEXT_ARGUMENTS  # noqa: F401  (part of the layout format)
 from .rendering import MAX_CANVAS, check_size
 
 __all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout"]
@@ -51,7 +53,6 @@ TOP_FIELDS = ("canvas", "seed", "steps", "guidance", "guidance_scale", "eta", "b
 SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "scale", "eta": "eta",
                  "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps",
                  "refine_anchor": "refine_anchor", "keep_outside": "keep_outside"}
-CONTEXT_ARGUMENTS = ("clip", "canvas")  # constructor arguments the layout supplies, not its items
 MAX_ITEMS = 256
 
 
@@ -109,16 +110,6 @@ class LayoutContext:
         if not path.is_file():
             raise ValueError(f"{field_name}: no file at {path}")
         return path
-
-
-def unknown_field(key, allowed) -> ValueError:
-    """The error for a field that is not one of ``allowed``, with the closest allowed name."""
-    names = [str(a) for a in allowed]
-    key_text = str(key)
-    close = [a for a in names if len(key_text) >= 3 and (key_text in a or a in key_text)][:1] or \
-        difflib.get_close_matches(key_text, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown field {checks.shown(key, 200)}{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
 def read_layout(path: str | Path) -> dict:

@@ -12,7 +12,7 @@ Grids are addressed by integer pixel indices of the box's virtual ``H x W`` grid
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -144,13 +144,29 @@ def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[int, int, int, 
             yield r0, min(r0 + tile, height), c0, min(c0 + tile, width)
 
 
-def _window(tile, margin: int, size: tuple[int, int]):
-    """Rows and columns of ``tile`` extended by ``margin`` (clipped to the canvas), and the tile's slices
-    inside that window."""
+def _window(tile, margin: int, limits: tuple[int, int, int, int]):
+    """Rows and columns of ``tile`` extended by ``margin`` (clipped to ``limits``: the first and last row and
+    column whose centres are on the canvas), and the tile's slices inside that window."""
     r0, r1, c0, c1 = tile
-    rows = (max(r0 - margin, 0), min(r1 + margin, size[0]))
-    cols = (max(c0 - margin, 0), min(c1 + margin, size[1]))
+    rows = (max(r0 - margin, limits[0]), min(r1 + margin, limits[1]))
+    cols = (max(c0 - margin, limits[2]), min(c1 + margin, limits[3]))
     return rows, cols, (slice(r0 - rows[0], r1 - rows[0]), slice(c0 - cols[0], c1 - cols[0]))
+
+
+def _canvas_limits(box: Box, size: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """How far a ``size`` grid over ``box`` may extend (by at most ``margin``) with its pixels on the canvas."""
+    left, top, right, bottom = box
+    (height, width), dy, dx = size, (bottom - top) / size[0], (right - left) / size[1]
+    return (-min(margin, _pixels_inside(top, dy)), height + min(margin, _pixels_inside(1 - bottom, dy)),
+            -min(margin, _pixels_inside(left, dx)), width + min(margin, _pixels_inside(1 - right, dx)))
+
+
+def tile_box(box: Box, size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]) -> Box:
+    """The canvas box of rows ``[r0, r1)`` and columns ``[c0, c1)`` of a ``size`` grid over ``box``."""
+    left, top, right, bottom = box
+    (height, width) = size
+    return (left + (right - left) * cols[0] / width, top + (bottom - top) * rows[0] / height,
+            left + (right - left) * cols[1] / width, top + (bottom - top) * rows[1] / height)
 
 
 class _StatsCollected(Exception):
@@ -207,11 +223,15 @@ def render_bands(
     mode: str = "exact",
     progress: bool = False,
     uint8: bool = False,
+    box: Box = FULL_CANVAS,
+    correct: Callable[[torch.Tensor, Box], torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """The full canvas at ``size``, as ``(first row, B x 3 x rows x W band)`` pairs from top to bottom, one band
-    of tiles at a time: memory is bounded by one band, whatever the canvas (writers stream bands to files).
-    ``uint8``: bands are ``B x rows x W x 3`` 8-bit pixels on the CPU instead (each tile converted as it is
-    rendered, clamped and rounded as images are saved), a quarter of the memory.
+    """The full canvas (or ``box`` of it) at ``size``, as ``(first row, B x 3 x rows x W band)`` pairs from top
+    to bottom, one band of tiles at a time: memory is bounded by one band, whatever the canvas (writers stream
+    bands to files). ``uint8``: bands are ``B x rows x W x 3`` 8-bit pixels on the CPU instead (each tile
+    converted as it is rendered, clamped and rounded as images are saved), a quarter of the memory.
+    ``correct(pixels, tile_box)``: applied to each tile's pixels before they are stored (the solver's
+    data-consistency corrections, :mod:`infd_solve.consistency`).
 
     ``mode="exact"``: equals one :func:`render_box` call over the whole grid. A local renderer needs one pass
     (each tile extended by the receptive radius); a normalizing one gathers each GroupNorm's statistics over
@@ -238,9 +258,13 @@ def render_bands(
 
         return apply
 
+    # a local renderer continues the lattice beyond a box's edge, as render_box does; a normalizing one renders
+    # exactly the grid, as one call over it would
+    limits = _canvas_limits(box, size, margin) if mode == "exact" and not norms else (0, height, 0, width)
+
     def window(r0, r1, c0, c1, stage):
-        rows, cols, centre = _window((r0, r1, c0, c1), margin, size)
-        coord, cell = pixel_grid(FULL_CANVAS, size, rows, cols, phi.device, phi.dtype)
+        rows, cols, centre = _window((r0, r1, c0, c1), margin, limits)
+        coord, cell = pixel_grid(box, size, rows, cols, phi.device, phi.dtype)
         return renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)[(..., *centre)]
 
     bar = tqdm(total=len(tiles) * (len(norms) + 1), desc=f"render {height}x{width}", disable=not progress)
@@ -261,6 +285,8 @@ def render_bands(
         for c0 in range(0, width, tile):
             c1 = min(c0 + tile, width)
             pixels = window(r0, r1, c0, c1, len(norms))
+            if correct is not None:
+                pixels = correct(pixels, tile_box(box, size, (r0, r1), (c0, c1)))
             if uint8:
                 band[:, :, c0:c1] = to_uint8(pixels)
             else:
@@ -271,11 +297,11 @@ def render_bands(
 
 
 def render_image(renderer: CLIFRenderer, phi: torch.Tensor, size: tuple[int, int], tile: int = 256, pad: int = 8,
-                 mode: str = "exact", progress: bool = False) -> torch.Tensor:
-    """The full canvas at ``size`` as one tensor, rendered in tiles (:func:`render_bands`): only the output
-    grows with the canvas."""
+                 mode: str = "exact", progress: bool = False, box: Box = FULL_CANVAS, correct=None) -> torch.Tensor:
+    """The full canvas (or ``box`` of it) at ``size`` as one tensor, rendered in tiles (:func:`render_bands`):
+    only the output grows with the canvas."""
     _check_tiling(mode, tile, pad)
     out = torch.empty(phi.shape[0], 3, *size, dtype=phi.dtype, device=phi.device)
-    for r0, band in render_bands(renderer, phi, size, tile, pad, mode, progress):
+    for r0, band in render_bands(renderer, phi, size, tile, pad, mode, progress, box=box, correct=correct):
         out[:, :, r0 : r0 + band.shape[2]] = band
     return out

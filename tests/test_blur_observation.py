@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import infd_solve
 from infd_solve.constraints import BlurObservation
-from infd_solve.constraints.blur_observation import (blur, blur_transpose, gaussian_kernel, load_kernel,
-                                                     motion_kernel, resample_kernel)
+from infd_solve.operators.blur import (blur, blur_transpose, gaussian_kernel, load_kernel, motion_kernel,
+                                       resample_kernel)
 from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.io import save_image
 from infd_solve.layout import LayoutError, parse_layout
@@ -57,7 +57,7 @@ def test_constraint_operator_and_its_transpose_on_the_guidance_grid():
     u = torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64)
     v = torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64)
     c.to("cpu", torch.float64)
-    lhs, rhs = (c.forward_operator(u) * v).sum(), (u * c.transpose(v)).sum()
+    lhs, rhs = (c.guide(u) * v).sum(), (u * c.guide.adjoint(v)).sum()
     assert abs(lhs - rhs) < 1e-10 * abs(lhs)
 
 
@@ -166,8 +166,9 @@ def test_guidance_fits_a_blurred_observation(gaussian_model, one_thread, max_sid
         truth = gaussian_model.render(gaussian_model.decode(z), 32)
     k = {"type": "motion", "size": 9, "length": 6, "seed": 0}
     c = BlurObservation(blur(truth, load_kernel(k).float()).clamp(-1, 1), k, max_side=max_side)
-    # guidance alone (no refinement), at the default scale and weight
-    guided = infd_solve.Solver(gaussian_model, refine_steps=0, progress=False).solve([c], seed=1)
-    plain = infd_solve.Solver(gaussian_model, scale=0.0, refine_steps=0, progress=False).solve([c], seed=1)
+    # guidance alone (no refinement, no data-consistency correction), at the default scale and weight
+    options = {"refine_steps": 0, "consistency": False, "progress": False}
+    guided = infd_solve.Solver(gaussian_model, **options).solve([c], seed=1)
+    plain = infd_solve.Solver(gaussian_model, scale=0.0, **options).solve([c], seed=1)
     assert guided.history["loss"]["blur"][-1] < ratio * plain.history["loss"]["blur"][-1]
     assert guided.report()["blur"]["psnr"][0] > plain.report()["blur"]["psnr"][0] + 0.5

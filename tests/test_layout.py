@@ -106,7 +106,7 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     assert cs[1].mask.sum() > 0 and cs[1].mask.min() == 0  # rasterized polygon, not the whole box
     assert cs[2].box == (0.5, 0.5, 1.0, 1.0) and cs[2].mask[0, 0, :, :16].min() == 1 and cs[2].mask[..., 16:].max() == 0
     assert 0 < cs[3].mask.mean() < 0.6
-    assert cs[4].operator == "area" and cs[4].size == (32, 32) and cs[4].noise_sigma == 0.1
+    assert cs[4].mode == "area" and cs[4].size == (32, 32) and cs[4].noise_sigma == 0.1
     assert cs[2].input_files == ((images / "photo.png").resolve(), (images / "mask.png").resolve())
     assert cs[1].geometry.area == pytest.approx(shapely.intersection(
         shapely.Polygon([(0.1, 0.5), (0.9, 0.55), (0.5, 1.2)]), shapely.box(0, 0, 1, 1)).area)
@@ -274,7 +274,7 @@ BAD = [
     ({"items": [{"type": "lowres", "image": "photo.png", "factor": 0}]}, ["items[0].factor:"]),
     ({"items": [{"type": "lowres", "image": "photo.png", "prompt": "x"}]},
      ["items[0] (lowres): unknown field 'prompt'",
-      "allowed: active, box, factor, image, max_side, name, noise_sigma, operator, refine, weight"]),
+      "allowed: active, box, factor, image, max_side, name, noise_sigma, operator, refine, trust, weight"]),
     ({"items": [{"type": "perceptual", "reference": "photo.png", "net": 3}]}, ["items[0].net:"]),
     ({"items": [{"type": "perceptual", "image": "photo.png"}]}, ["unknown field 'image'", "reference"]),
 ]

@@ -157,22 +157,24 @@ class INFDModel(nn.Module):
         return rendering.render_box(self.renderer, phi, rendering.check_box(box), rendering.check_size(size))
 
     def render_image(self, phi: torch.Tensor, size, tile: int = 256, pad: int = 8, mode: str = "exact",
-                     progress: bool = False) -> torch.Tensor:
-        """The whole canvas at ``size`` in tiles with bounded memory (see :func:`rendering.render_image`).
+                     progress: bool = False, box=rendering.FULL_CANVAS, correct=None) -> torch.Tensor:
+        """The whole canvas (or ``box``) at ``size`` in tiles with bounded memory (see
+        :func:`rendering.render_image`).
 
         Default ``mode="exact"``: the image does not depend on the tile size (equal to one ``render`` call);
         ``mode="official"`` reproduces the official sampler's patchwise output.
         """
         self._check_field(phi)
-        return rendering.render_image(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress)
+        return rendering.render_image(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress,
+                                      rendering.check_box(box), correct)
 
     def render_bands(self, phi: torch.Tensor, size, tile: int = 256, pad: int = 8, mode: str = "exact",
-                     progress: bool = False, uint8: bool = False):
-        """The whole canvas at ``size`` as ``(first row, band)`` pairs, top to bottom (see
+                     progress: bool = False, uint8: bool = False, box=rendering.FULL_CANVAS, correct=None):
+        """The whole canvas (or ``box``) at ``size`` as ``(first row, band)`` pairs, top to bottom (see
         :func:`rendering.render_bands`): for writing canvases larger than memory."""
         self._check_field(phi)
         return rendering.render_bands(self.renderer, phi, rendering.check_size(size), tile, pad, mode, progress,
-                                      uint8)
+                                      uint8, rendering.check_box(box), correct)
 
     # ------------------------------------------------------------------------------------------- diffusion
     def _require_unet(self) -> UNet2DModel:

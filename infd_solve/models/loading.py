@@ -8,37 +8,13 @@ from pathlib import Path
 import torch
 
 from .infd import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, INFDConfig, INFDModel
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, load_checked_state_dict
 from .official import load_official
 
 OFFICIAL_HINT = (
     "Official INFD checkpoints (e.g. the FFHQ model of yinboc/infd) are downloaded by you on a machine with "
     "internet access and passed here as a local .pth path; infd-solve never downloads anything."
 )
-
-
-def _list(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def load_checked_state_dict(model: torch.nn.Module, state: dict, source, unexpected=()) -> None:
-    """Load ``state`` strictly; on any mismatch raise :class:`CheckpointError` listing what is wrong."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = list(unexpected) + [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_list(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatches (file != model): {_list(wrong, 6)}")
-    if problems:
-        raise CheckpointError(f"{source}: weights do not match the model config; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
 def load_pretrained(directory: str | Path) -> INFDModel:

@@ -294,7 +294,7 @@ def convert_state_dict(sd: dict, config: INFDConfig, ema: bool = True) -> tuple[
 def load_official(path: str | Path, ema: bool = True):
     """Build an :class:`INFDModel` from an official checkpoint; EMA denoiser weights by default."""
     from .infd import INFDModel
-    from .loading import load_checked_state_dict
+    from ..checkpoints import load_checked_state_dict
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
