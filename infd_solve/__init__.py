@@ -21,12 +21,14 @@ _API = {
     "Result": "solver",
     "Constraint": "constraints",
     "load_clip": "clip",
+    "solve_layout": "layout",
 }
 __all__ = list(_API)
 
 if TYPE_CHECKING:
     from .clip import load_clip  # noqa: F401
     from .constraints import Constraint  # noqa: F401
+    from .layout import solve_layout  # noqa: F401
     from .models import CheckpointError, INFDConfig, INFDModel, UnsafeCheckpointError, load_model  # noqa: F401
     from .solver import Result, Solver  # noqa: F401
 

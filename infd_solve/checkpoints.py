@@ -22,6 +22,16 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose pickle would construct arbitrary Python objects (it could run code)."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint file or model directory that is not there: bad input like any other :class:`CheckpointError`,
+    and a ``FileNotFoundError`` too, as for any missing file."""
+
+
+def with_article(noun: str) -> str:
+    """``a checkpoint``, ``an official INFD checkpoint``."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 # What torch's weights-only unpickler builds tensors and containers from; anything else is code.
 SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
                  "builtins.bytearray", "builtins.complex")
@@ -80,8 +90,9 @@ def refuse_unsafe(path: Path, error: Exception | None = None, what: str = "check
     if names:
         shown = ", ".join(sorted(set(names))[:5])
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: its pickle references Python code ({shown}), which it could run; a {what} "
-            "file holds only tensors and plain containers. Nothing from the file was executed.") from None
+            f"refusing to load {path}: its pickle references Python code ({shown}), which it could run; "
+            f"{with_article(what)} file holds only tensors and plain containers. Nothing from the file was "
+            "executed.") from None
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint"):
@@ -91,9 +102,9 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingCheckpointError(f"{what} not found: {path}")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a {what} file")
+        raise CheckpointError(f"{path} is a directory, not {with_article(what)} file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes)")
     try:

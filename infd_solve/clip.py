@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import CheckpointError, MissingCheckpointError
+
 __all__ = ["ClipModel", "load_clip", "save_clip", "zero_shot", "encode_image", "encode_text", "CONFIG_FILE",
            "WEIGHTS_FILE", "OPENAI_MEAN", "OPENAI_STD"]
 
@@ -49,13 +51,6 @@ WEIGHTS_HINT = (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _checkpoint_error(message: str) -> Exception:
-    # Imported lazily: infd_solve.models pulls in diffusers, which load_clip does not need.
-    from .checkpoints import CheckpointError
-
-    return CheckpointError(message)
 
 
 @dataclass(frozen=True)
@@ -234,14 +229,14 @@ def _read_config(config_path: Path) -> dict:
     try:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _checkpoint_error(f"{config_path} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg"), dict):
-        raise _checkpoint_error(
+        raise CheckpointError(
             f"{config_path} is not an open_clip config: expected {{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}}")
     text_cfg = raw["model_cfg"].get("text_cfg", {})
     if "hf_model_name" in text_cfg or "hf_tokenizer_name" in text_cfg:
         # Hugging Face text towers/tokenizers need their own files and would be fetched from the Hub.
-        raise _checkpoint_error(
+        raise CheckpointError(
             f"{config_path}: text towers or tokenizers from Hugging Face (hf_model_name / hf_tokenizer_name) are "
             "not supported offline; use an open_clip text transformer with the built-in tokenizer")
     return raw
@@ -256,7 +251,7 @@ def _find_weights(directory: Path) -> Path:
             return p
     found = sorted(p for ext in ("*.safetensors", "*.bin", "*.pth") for p in directory.glob(ext))
     if not found:
-        raise FileNotFoundError(
+        raise MissingCheckpointError(
             f"{directory} holds {CONFIG_FILE} but no weights (expected {WEIGHTS_FILE}, or a .safetensors/.bin/.pth "
             f"file). {WEIGHTS_HINT}")
     return found[0]
@@ -269,7 +264,7 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as e:
-        raise _checkpoint_error(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
                                 f"{type(e).__name__}: {e}") from None
 
 
@@ -288,7 +283,7 @@ def _build(open_clip, model_name: str, pretrained: str | None, weights: Path, **
             refuse_unsafe(weights, e, "CLIP weights file")
         size = weights.stat().st_size if weights.is_file() else 0
         detail = "file is empty (0 bytes)" if size == 0 else f"{type(e).__name__}: {error_detail(e)}"
-        raise _checkpoint_error(
+        raise CheckpointError(
             f"{weights}: cannot load open_clip weights for {model_name!r} (corrupt, truncated, or made for another "
             f"architecture?): {str(detail)[:600]}") from None
     return model
@@ -320,7 +315,7 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
         path = Path(name_or_path).expanduser()
         name = str(path)
     if not path.exists():
-        raise FileNotFoundError(f"no CLIP weights at {path}. {WEIGHTS_HINT}")
+        raise MissingCheckpointError(f"no CLIP weights at {path}. {WEIGHTS_HINT}")
     force = {}
     if image_mean is not None:
         force["image_mean"] = _triple(image_mean, "image_mean")
@@ -330,7 +325,7 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
     if path.is_dir():
         config_path = path / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{config_path} not found: a CLIP directory holds {CONFIG_FILE} ({{\"model_cfg\", \"preprocess_cfg\"}}) "
                 f"and the weights ({WEIGHTS_FILE}). {WEIGHTS_HINT}")
         _read_config(config_path)
@@ -363,7 +358,7 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
             raise ValueError(f"unknown open_clip architecture model_name={model_name!r}; register a custom config "
                              "with open_clip.add_model_config(json_path) or pick one of open_clip.list_models()")
         if path.stat().st_size == 0:
-            raise _checkpoint_error(f"{path} is empty (0 bytes)")
+            raise CheckpointError(f"{path} is empty (0 bytes)")
         if path.suffix.lower() == ".safetensors":  # cheap header check before building a possibly big model
             _check_safetensors(path)
         else:  # a pickle that references code is refused before open_clip touches it

@@ -202,6 +202,7 @@ def load_judge(name_or_path: str | Path = "default", device=None) -> Judge:
     """Load a judge offline: ``"default"`` (shipped in ``infd_solve.pretrained``) or a directory written by
     ``recipes/train_judge.py`` (``config.json`` + ``model.safetensors``, ``train_log.json`` beside them)."""
     from . import pretrained
+    from .checkpoints import CheckpointError, MissingCheckpointError
 
     if isinstance(name_or_path, str) and name_or_path in pretrained.NAMES:
         path, shipped = judge_dir(name_or_path), True
@@ -211,9 +212,8 @@ def load_judge(name_or_path: str | Path = "default", device=None) -> Judge:
     if not config_path.is_file() or not weights_path.is_file():
         remedy = ("Reinstall infd-solve, or train it with recipes/train_judge.py" if shipped else
                   "Train one with: python recipes/train_judge.py --out DIR")
-        raise FileNotFoundError(f"no judge at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}. {remedy} "
-                                "(nothing is downloaded).")
-    from .checkpoints import CheckpointError
+        raise MissingCheckpointError(f"no judge at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}. {remedy} "
+                                     "(nothing is downloaded).")
 
     try:
         raw = json.loads(config_path.read_text())

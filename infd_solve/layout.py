@@ -26,6 +26,16 @@ guides), ``name``, ``refine``, and the class's own. File paths are relative to t
 The constructors check the values; this module checks only the layout's own structure, so a new constraint
 needs no edit here. The model's field is square: a non-square ``canvas`` renders it stretched.
 
+A type of your own is a class defined in a module that has been imported (defining it registers it), or one
+that an installed package declares as an entry point of the group ``infd_solve.constraints``, named after the
+type; such a package's ``pyproject.toml`` has::
+
+    [project.entry-points."infd_solve.constraints"]
+    brightness = "my_package.constraints:Brightness"
+
+and its module is imported when a layout first names the type (``infd-layout`` and ``solve_batch.py`` also
+take ``--import MODULE_OR_FILE``). :func:`solve_layout` solves a layout file in one call.
+
 :func:`parse_layout` raises :class:`LayoutError` (a ``ValueError``) whose message starts with where the
 problem is, e.g. ``items[3].box: ...`` or ``items[1] (color): unknown field 'colour' ...``.
 """
@@ -46,13 +56,14 @@ from .checks import unknown_field
 from .constraints.base import CONTEXT_ARGUMENTS  # noqa: F401  (part of the layout format)
 from .rendering import MAX_CANVAS, check_size
 
-__all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout"]
+__all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout", "solve_layout"]
 
 TOP_FIELDS = ("canvas", "seed", "steps", "guidance", "guidance_scale", "eta", "batch_size", "normalize",
               "max_grad_norm", "refine_steps", "refine_anchor", "keep_outside", "description", "items")
 SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "scale", "eta": "eta",
                  "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps",
                  "refine_anchor": "refine_anchor", "keep_outside": "keep_outside"}
+ENTRY_POINT_GROUP = "infd_solve.constraints"  # entry point name: a layout type; value: its Constraint class
 MAX_ITEMS = 256
 
 
@@ -179,6 +190,47 @@ def _settings(obj: dict, source: Path | None) -> dict:
     return out
 
 
+def _declared_types(**select) -> list:
+    """The entry points of installed packages in the ``infd_solve.constraints`` group (``name=`` selects)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP, **select))
+
+
+def _load_declared_type(kind: str, at: str) -> None:
+    """Import the constraint class an installed package declares for layout type ``kind``, if one does (its
+    module registers it)."""
+    from .constraints.base import REGISTRY
+
+    declared = _declared_types(name=kind)
+    if not declared:
+        return
+    entry = declared[0]
+    try:
+        entry.load()
+    except Exception as e:  # noqa: BLE001 - a broken plugin is reported, in one line, with the item
+        raise LayoutError(f"{at}.type: {kind!r} is declared by the entry point {entry.name} = {entry.value}, "
+                          f"which cannot be imported: {type(e).__name__}: {_first_line(e)}") from None
+    if kind not in REGISTRY:
+        raise LayoutError(f"{at}.type: the entry point {entry.name} = {entry.value} was imported but defines no "
+                          f"Constraint with layout_type = {kind!r}")
+
+
+def _unknown_type(raw: dict, at: str) -> LayoutError:
+    """The error for an item whose type is missing or names no constraint, built-in, imported or declared."""
+    from .constraints.base import REGISTRY
+
+    known = sorted(set(REGISTRY) | {entry.name for entry in _declared_types()})
+    if "type" not in raw:
+        return LayoutError(f"{at}: missing field 'type'; one of {', '.join(known)}")
+    kind = raw["type"]
+    close = difflib.get_close_matches(kind, known, n=1) if isinstance(kind, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return LayoutError(f"{at}.type: unknown type {checks.shown(kind)}{hint}; allowed: {', '.join(known)}; a type of "
+                       f"your own must be imported first (infd-layout --import MODULE) or declared as an "
+                       f"{ENTRY_POINT_GROUP!r} entry point")
+
+
 def _build_item(raw, i: int, context: LayoutContext):
     from .constraints.base import REGISTRY
 
@@ -187,12 +239,10 @@ def _build_item(raw, i: int, context: LayoutContext):
         raise LayoutError(f"{at}: an item is a JSON object like {{\"type\": \"clip\", \"prompt\": ..., \"box\": ...}}, "
                           f"got {checks.shown(raw)}")
     kind = raw.get("type")
+    if isinstance(kind, str) and kind not in REGISTRY:
+        _load_declared_type(kind, at)
     if not isinstance(kind, str) or kind not in REGISTRY:
-        if "type" not in raw:
-            raise LayoutError(f"{at}: missing field 'type'; one of {', '.join(sorted(REGISTRY))}")
-        close = difflib.get_close_matches(kind, list(REGISTRY), n=1) if isinstance(kind, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise LayoutError(f"{at}.type: unknown type {checks.shown(kind)}{hint}; allowed: {', '.join(sorted(REGISTRY))}")
+        raise _unknown_type(raw, at)
     cls = REGISTRY[kind]
     fields = {k: v for k, v in raw.items() if k != "type"}
     with warnings.catch_warnings(record=True) as caught:
@@ -252,3 +302,30 @@ def parse_layout(obj_or_path, clip=None, base_dir: str | Path | None = None, dev
                 c.name = f"{c.name} #{i}"
             named[c.name] = i
     return LayoutSettings(**values), [c.to(device) for c in built]
+
+
+def solve_layout(layout, out: str | Path | None = None, model="default", clip="default", device=None,
+                 progress: bool = True):
+    """Solve a layout (a JSON file or a dict) with its own settings: canvas, seed, steps, solver options.
+
+        result = solve_layout("recipes/examples/quick_512.json", "outputs/quick.png")
+
+    ``out``: also write the image there at the layout's canvas size (a batch: ``out_0.png``, ``out_1.png``,
+    ...; see :meth:`~infd_solve.Result.save`), a path checked before any work. ``model``: a loaded
+    :class:`~infd_solve.INFDModel`, or what :func:`~infd_solve.load_model` takes (loaded on ``device``, default
+    the CPU); ``clip``: as for :func:`parse_layout`. Item types of your own must be imported, or declared as
+    entry points (see above). Returns the :class:`~infd_solve.Result`.
+    """
+    from .io import check_output
+    from .models import INFDModel, load_model
+    from .solver import Solver
+
+    out = check_output(out) if out is not None else None
+    if not isinstance(model, INFDModel):
+        model = load_model(model, device=device).eval()
+    settings, constraints = parse_layout(layout, clip=clip, device=model.device)
+    solver = Solver(model, **settings.solver_kwargs(), progress=progress)
+    result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed)
+    if out is not None:
+        result.save(out, settings.canvas)
+    return result

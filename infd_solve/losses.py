@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError, load_torch_file
+from .checkpoints import CheckpointError, MissingCheckpointError, load_torch_file
 
 # torchvision's file names for the ImageNet backbones lpips uses.
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
 
 def lpips_backbone_path(net: str = "vgg") -> Path:
-    """Where the backbone weights for ``lpips`` must be; raises FileNotFoundError if they are not there."""
+    """Where the backbone weights for ``lpips`` must be; raises
+    :class:`~infd_solve.checkpoints.MissingCheckpointError` (a ``FileNotFoundError``) if they are not there."""
     if net not in LPIPS_BACKBONE_FILES:
         raise ValueError(f"net must be one of {sorted(LPIPS_BACKBONE_FILES)}, got {net!r}")
     name = LPIPS_BACKBONE_FILES[net]
@@ -31,7 +32,7 @@ def lpips_backbone_path(net: str = "vgg") -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingCheckpointError(
         f"LPIPS backbone weights {name} not found (looked at: {', '.join(map(str, candidates))}). "
         f"Copy torchvision's ImageNet {net} weights file there or set INFD_LPIPS_BACKBONE to its path; "
         "infd-solve never downloads weights."

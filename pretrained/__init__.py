@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoints import MissingCheckpointError
+
 ROOT = Path(__file__).resolve().parent
 NAMES = ("default",)
 
@@ -13,8 +15,8 @@ def _shipped(name: str, kind: str, folder: str, files: tuple[str, str], remedy: 
         raise ValueError(f"unknown pretrained {kind} {name!r}; shipped: {NAMES}")
     path = ROOT / name / folder
     if not (path / files[0]).is_file():
-        raise FileNotFoundError(f"the shipped {kind} {name!r} is missing: expected {path}/{files[0]} and "
-                                f"{files[1]}. Reinstall infd-solve, or {remedy}.")
+        raise MissingCheckpointError(f"the shipped {kind} {name!r} is missing: expected {path}/{files[0]} and "
+                                     f"{files[1]}. Reinstall infd-solve, or {remedy}.")
     return path
 
 

@@ -18,7 +18,6 @@ full decoding on both the default model and the official FFHQ architecture; see 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import infd_solve
-from infd_solve.cli import resolve_device
+from infd_solve import cli
 from infd_solve.clip import load_clip
 from infd_solve.constraints import ClipBox
 from infd_solve.io import atomic_path
@@ -37,6 +36,7 @@ from infd_solve.profiling import (MB, PeakMemory, official_architecture, random_
                                   use_mmap_for_tensors)
 from infd_solve.sampling import sample_guided
 
+PROG = "bench_guidance.py"
 BOXES = {"clouds": (0.05, 0.02, 0.6, 0.35), "snowy mountains": (0.3, 0.3, 0.95, 0.65), "a lake": (0.0, 0.7, 0.7, 1.0)}
 
 
@@ -146,8 +146,8 @@ def time_solves(model, constraints, sizes, batch_sizes, args):
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = PROG):
+    p = cli.new_parser(prog, __doc__)
     p.add_argument("--model", default="default")
     p.add_argument("--clip", default="default")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -168,20 +168,31 @@ def main(argv=None):
     p.add_argument("--autocast", choices=["bfloat16", "float16"], default=None)
     p.add_argument("--checkpoint-decoder", action="store_true")
     p.add_argument("--compile", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(parser, args):
+    device = cli.resolve_device(args.device)  # before any work: a bad device is a one-line error
     if args.threads:
         torch.set_num_threads(args.threads)
     args.autocast = getattr(torch, args.autocast) if args.autocast else None
-    device = resolve_device(args.device)
-    if args.official:
-        model = official_architecture(args.official).to(device)
-        clip = random_clip("ViT-B-32", device)
-        constraints = [ClipBox(prompt, box, clip=clip) for prompt, box in BOXES.items()]
-        rows = time_solves(model, constraints, args.sizes, args.batch_sizes, args)
-        if args.json:
-            with atomic_path(args.json) as tmp:
-                tmp.write_text(json.dumps({"official_solves": rows}, indent=2))
-        return rows, {}
+    return time_official_solves(args, device) if args.official else time_guided_steps(args, device)
+
+
+def time_official_solves(args, device):
+    """--official: whole solves on the official architecture with random weights, per canvas and batch."""
+    model = official_architecture(args.official).to(device)
+    clip = random_clip("ViT-B-32", device)
+    constraints = [ClipBox(prompt, box, clip=clip) for prompt, box in BOXES.items()]
+    rows = time_solves(model, constraints, args.sizes, args.batch_sizes, args)
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"official_solves": rows}, indent=2))
+    return rows, {}
+
+
+def time_guided_steps(args, device):
+    """One guided step per method and canvas size on the model and CLIP of the flags, with the ratios."""
     use_mmap_for_tensors()
     model = infd_solve.load_model(args.model, device=device).requires_grad_(False)
     clip = load_clip(args.clip, device=device)
@@ -255,6 +266,16 @@ def main(argv=None):
     return rows, ratios
 
 
+def run_benchmark(argv=None, prog: str = PROG):
+    """The benchmark in-process: returns ``(rows, ratios)``; bad input (a device this machine lacks, a missing
+    file) ends with a one-line error and ``SystemExit(2)``, Ctrl-C with ``SystemExit(130)``."""
+    return cli.run_command(build_parser, run, argv, prog)
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    """The program: returns its exit status (0 done, 2 bad input, 130 Ctrl-C)."""
+    return cli.exit_status(run_benchmark, argv, prog)
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(main())

@@ -3,7 +3,9 @@
 The program is :mod:`infd_solve.cli.inpaint`; this file only runs it.
 """
 
+import sys
+
 from infd_solve.cli.inpaint import main
 
 if __name__ == "__main__":
-    main(prog="inpaint.py")
+    sys.exit(main(prog="inpaint.py"))

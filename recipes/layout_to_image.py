@@ -3,7 +3,9 @@
 The program is :mod:`infd_solve.cli.layout`; this file only runs it.
 """
 
+import sys
+
 from infd_solve.cli.layout import main
 
 if __name__ == "__main__":
-    main(prog="layout_to_image.py")
+    sys.exit(main(prog="layout_to_image.py"))

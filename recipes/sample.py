@@ -3,7 +3,9 @@
 The program is :mod:`infd_solve.cli.sample`; this file only runs it.
 """
 
+import sys
+
 from infd_solve.cli.sample import main
 
 if __name__ == "__main__":
-    main(prog="sample.py")
+    sys.exit(main(prog="sample.py"))

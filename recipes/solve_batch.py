@@ -3,13 +3,16 @@
     python recipes/solve_batch.py JOBS.jsonl --out outputs/batch
     torchrun --nproc_per_node 4 recipes/solve_batch.py JOBS.jsonl --out outputs/batch     # one GPU per process
     torchrun --standalone --nproc_per_node 2 recipes/solve_batch.py JOBS.jsonl --out outputs/batch --device cpu
+    python recipes/solve_batch.py JOBS.jsonl --out outputs/batch --import my_constraints.py   # your own item types
 
 Each line is a job: a layout (a file or an inline object) or a super-resolution / inpainting / deblurring
 task on an image, with its seed and settings; the format is in ``infd_solve/batch.py``. Every line is
 checked, and every job built once, before any work. Jobs go to the processes round-robin; each job writes
 ``OUT/jobs/<id>/`` (its images, then ``record.json``: settings, report, metrics, timings, written paths),
 every file atomically; rank 0 merges ``OUT/summary.csv`` and ``OUT/summary.md`` at the end. Run the same
-command again to resume: finished jobs are skipped, the rest run.
+command again to resume: finished jobs are skipped, the rest run. Layouts may use item types of your own:
+``--import MODULE_OR_FILE`` (repeatable) imports the module that defines them, and types a package declares
+as ``infd_solve.constraints`` entry points are found without it (see ``infd_solve/layout.py``).
 
 A job's outputs are the same bytes whatever the number of processes: its noise comes from its seed alone
 (drawn on the CPU), and every process uses ``--threads`` torch threads (default 1; a different count may
@@ -32,12 +35,9 @@ PROG = "solve_batch.py"
 
 
 def build_parser(prog: str = PROG):
-    import argparse
-
     from infd_solve import cli
 
-    p = cli.Parser(prog=prog, description=__doc__.split("\n\n")[0],
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.new_parser(prog, __doc__)
     p.add_argument("jobs", type=Path, help="JSON Lines file of jobs (format: infd_solve/batch.py)")
     p.add_argument("--out", type=Path, required=True, help="output directory (jobs/<id>/, summary.csv, summary.md)")
     p.add_argument("--model", default="default",
@@ -48,6 +48,7 @@ def build_parser(prog: str = PROG):
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1; fixed for "
                    "byte-identical outputs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_import_argument(p)
     return p
 
 
@@ -55,6 +56,7 @@ def run(args, processes) -> list[dict]:
     from infd_solve import batch, cli, pretrained
 
     batch.set_determinism(args.threads)
+    cli.import_user_modules(args.imports)
     jobs = batch.read_jobs(args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     device = batch.process_device(args.device, processes)
@@ -72,7 +74,7 @@ def run(args, processes) -> list[dict]:
     processes.barrier()  # every rank's records are written
     rows = batch.merge_summary(jobs, args.out, write=processes.rank == 0)
     if processes.rank == 0:
-        print(f"{len(rows)} jobs; wrote {args.out / 'summary.csv'} and {args.out / 'summary.md'}")
+        print(f"{cli.plural(len(rows), 'job')}; wrote {args.out / 'summary.csv'} and {args.out / 'summary.md'}")
     failed = [r for r in rows if r.get("status") != "done"]
     if failed:
         first = failed[0].get("error") or f"job {failed[0]['id']!r} has no record"
@@ -85,10 +87,14 @@ def run(args, processes) -> list[dict]:
     return rows
 
 
-def main(argv=None, prog: str = PROG) -> list[dict]:
-    from infd_solve import batch, cli
+def run_batch(argv=None, prog: str = PROG) -> list[dict]:
+    """The program in-process: returns the summary rows; ends with ``SystemExit`` (after its one-line error)
+    where the program exits non-zero (see the exit codes above)."""
+    from infd_solve import cli
 
-    with cli.user_errors(prog):
+    with cli.user_errors(prog):  # the heavy imports too: Ctrl-C during them ends with one line
+        from infd_solve import batch
+
         parser = build_parser(prog)
         args = parser.parse_args(argv)
         args.prog = prog
@@ -98,8 +104,16 @@ def main(argv=None, prog: str = PROG) -> list[dict]:
             return run(args, processes)
 
 
-if __name__ == "__main__":
-    from infd_solve.batch import interrupt_on_sigterm
+def main(argv=None, prog: str = PROG) -> int:
+    """The program: returns its exit status (0 every job done, 2 bad input or a failed job, 3 never guided,
+    130 Ctrl-C)."""
+    from infd_solve import cli
 
-    interrupt_on_sigterm()
-    main()
+    return cli.exit_status(run_batch, argv, prog)
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # torchrun stops workers with SIGTERM: as Ctrl-C
+    sys.exit(main())

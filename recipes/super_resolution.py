@@ -3,7 +3,9 @@
 The program is :mod:`infd_solve.cli.super_resolution`; this file only runs it.
 """
 
+import sys
+
 from infd_solve.cli.super_resolution import main
 
 if __name__ == "__main__":
-    main(prog="super_resolution.py")
+    sys.exit(main(prog="super_resolution.py"))

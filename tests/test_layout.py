@@ -196,6 +196,23 @@ def test_a_new_constraint_works_in_layouts_solves_reports_and_overlays(tmp_path)
     assert plot_layout(image, settings.canvas, [c], tmp_path / "overlay.png").stat().st_size > 0
 
 
+def test_solve_layout_solves_a_file_with_its_own_settings(tmp_path):
+    import infd_solve
+
+    layout = {"canvas": [24, 40], "steps": 2, "seed": 4, "batch_size": 2, "items": [color((0, 0, 0.5, 1))]}
+    (tmp_path / "l.json").write_text(json.dumps(layout))
+    model = tiny_model(normalize=False)
+    result = infd_solve.solve_layout(tmp_path / "l.json", tmp_path / "out.png", model=model, progress=False)
+    assert len(result.latent) == 2 and result.history["sampling_steps"] == 2
+    for i in range(2):  # written at the layout's canvas, one file per sample
+        with Image.open(tmp_path / f"out_{i}.png") as image:
+            assert image.size == (40, 24)
+    again = Solver(model, steps=2, progress=False).solve(parse_layout(layout)[1], batch_size=2, seed=4)
+    assert torch.equal(result.latent, again.latent)  # the layout's seed and steps, nothing else
+    with pytest.raises(ValueError, match="cannot write"):  # the output is checked before any work
+        infd_solve.solve_layout(layout, tmp_path / "out.unknown", model=model)
+
+
 def test_layout_types_are_unique():
     with pytest.raises(TypeError, match="layout type 'clip' .* is already taken"):
         type("Impostor", (Constraint,), {"layout_type": "clip", "loss": lambda self, patch: patch.mean()})

@@ -15,8 +15,28 @@ def official_ckpt(official_path):
 
 
 def test_missing_file_names_path_and_how_to_supply(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothere.pth.*local .pth path"):
+    with pytest.raises(CheckpointError, match="nothere.pth.*local .pth path") as info:
         infd_solve.load_model(tmp_path / "nothere.pth")
+    assert isinstance(info.value, FileNotFoundError)  # a missing file, like any other
+
+
+def test_every_missing_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """Bad input is a ValueError (README): a missing checkpoint too, wherever it is looked for."""
+    from infd_solve import pretrained
+    from infd_solve.checkpoints import load_torch_file
+    from infd_solve.clip import load_clip
+
+    (tmp_path / "empty").mkdir()
+    cases = [(infd_solve.load_model, tmp_path / "empty", "config.json not found"),
+             (load_clip, tmp_path / "empty", "open_clip_config.json not found"),
+             (load_clip, tmp_path / "none", "no CLIP weights at"),
+             (load_torch_file, tmp_path / "none.pt", "checkpoint not found")]
+    monkeypatch.setattr(pretrained, "ROOT", tmp_path / "no_pretrained")
+    cases += [(load, "default", "shipped .* 'default' is missing") for load in (infd_solve.load_model, load_clip)]
+    for load, path, message in cases:
+        with pytest.raises(CheckpointError, match=message) as info:
+            load(path)
+        assert isinstance(info.value, FileNotFoundError)
 
 
 def test_empty_file(tmp_path):
@@ -86,6 +106,17 @@ def test_every_code_carrying_file_is_refused_as_unsafe_and_not_executed(tmp_path
     assert not marker.exists()
 
 
+def test_unsafe_file_message_names_the_kind_of_file(tmp_path):
+    from infd_solve.clip import load_clip
+
+    path = tmp_path / "code.pth"
+    torch.save({"model": _Payload(str(tmp_path / "executed"))}, path)
+    with pytest.raises(UnsafeCheckpointError, match="could run; an official INFD checkpoint file holds only"):
+        infd_solve.load_model(path)
+    with pytest.raises(UnsafeCheckpointError, match="could run; a CLIP weights file holds only"):
+        load_clip(path, model_name="ViT-B-32")
+
+
 def test_foreign_checkpoints(tmp_path, official_ckpt):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"not an official INFD checkpoint.*\['state_dict'\]"):
@@ -139,7 +170,7 @@ def test_our_format_errors(tmp_path, normalized_model):
         infd_solve.load_model(target)
 
     (target / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json not found"):
+    with pytest.raises(CheckpointError, match="config.json not found"):
         infd_solve.load_model(target)
 
 

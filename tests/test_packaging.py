@@ -4,6 +4,7 @@ Builds a regular and an editable wheel with setuptools' PEP 517 hooks (no networ
 repository and installs each into a fresh virtual environment.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def install_and_probe(wheel, env_dir):
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
-    out = subprocess.run([py, "-c", PROBE], cwd=env_dir, check=True, capture_output=True, text=True)
+    # only what is installed in it: a PYTHONPATH pointing at a checkout would show its top-level folders
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([py, "-c", PROBE], cwd=env_dir, env=bare, check=True, capture_output=True, text=True)
     import json
 
     return json.loads(out.stdout)

@@ -29,3 +29,11 @@ def test_the_main_job_names_files_that_exist():
     setup = next(c for c in _commands() if "layout_to_image.py" in c)
     for path in re.findall(r"(recipes/\S+\.(?:py|json))", setup):
         assert (REPO / path).is_file(), path
+
+
+def test_the_commands_table_names_every_file_a_command_writes():
+    rows = {line.split("`")[1].split()[0]: line for line in README.splitlines() if line.startswith("| `infd-")}
+    assert {"infd-layout", "infd-sr", "infd-inpaint", "infd-sample"} <= set(rows)
+    for command, files in {"infd-layout": ["out_layout.png", "out_losses.png"], "infd-sr": ["out_compare.png"],
+                           "infd-inpaint": ["out_compare.png"]}.items():
+        assert all(f"`{name}`" in rows[command] for name in files), rows[command]

@@ -25,9 +25,12 @@ def bench_cli():
     return load_recipe("bench_render")
 
 
+def _argv(model, out, *extra):
+    return ["--model", str(model), "--steps", "5", "--size", "40", "56", "-o", str(out), "--no-progress", *extra]
+
+
 def _run(cli, model, out, *extra):
-    args = ["--model", str(model), "--steps", "5", "--size", "40", "56", "-o", str(out), "--no-progress", *extra]
-    return cli.main(args)
+    return cli.run_sample(_argv(model, out, *extra))["written"]
 
 
 def _no_temporaries(root: Path):
@@ -65,9 +68,7 @@ def test_sample_writes_reproducible_per_sample_seeded_pngs(sample_cli, official_
 
 def test_bad_model_path_exits_2_with_one_line_message(sample_cli, tmp_path, capsys):
     missing = tmp_path / "nope" / "model.pth"
-    with pytest.raises(SystemExit) as e:
-        _run(sample_cli, missing, tmp_path / "out")
-    assert e.value.code == 2
+    assert sample_cli.main(_argv(missing, tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip()
     assert str(missing) in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -77,9 +78,7 @@ def test_missing_default_model_exits_2(sample_cli, tmp_path, monkeypatch, capsys
     from infd_solve import pretrained
 
     monkeypatch.setattr(pretrained, "ROOT", tmp_path / "no_pretrained")
-    with pytest.raises(SystemExit) as e:
-        sample_cli.main(["-o", str(tmp_path / "out"), "--no-progress"])
-    assert e.value.code == 2
+    assert sample_cli.main(["-o", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "default" in err and "missing" in err and len(err.strip().splitlines()) == 1
 
@@ -88,17 +87,13 @@ def test_output_equal_to_model_is_refused(sample_cli, official_path, tiny_offici
     model_file = tmp_path / "model.pth"
     shutil.copyfile(official_path, model_file)
     before = model_file.read_bytes()
-    with pytest.raises(SystemExit) as e:
-        _run(sample_cli, model_file, model_file)
-    assert e.value.code == 2
+    assert sample_cli.main(_argv(model_file, model_file)) == 2
     assert "also an input" in capsys.readouterr().err
     assert model_file.read_bytes() == before
 
     model_dir = tiny_official.save(tmp_path / "model_dir")
     listing = sorted(p.name for p in model_dir.iterdir())
-    with pytest.raises(SystemExit) as e:
-        _run(sample_cli, model_dir, model_dir)
-    assert e.value.code == 2
+    assert sample_cli.main(_argv(model_dir, model_dir)) == 2
     assert sorted(p.name for p in model_dir.iterdir()) == listing
     _no_temporaries(tmp_path)
 
@@ -118,9 +113,7 @@ def test_ctrl_c_exits_130_without_half_written_files(sample_cli, official_path, 
         return real_write(path, height, width, first_band_then_ctrl_c() if len(calls) == 2 else bands)
 
     monkeypatch.setattr(infd_solve.io, "write_png", interrupted_write)
-    with pytest.raises(SystemExit) as e:
-        _run(sample_cli, official_path, tmp_path / "out", "--num", "2")
-    assert e.value.code == 130
+    assert sample_cli.main(_argv(official_path, tmp_path / "out", "--num", "2")) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample_00000.png"]
     with Image.open(tmp_path / "out" / "sample_00000.png") as im:

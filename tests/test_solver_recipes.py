@@ -77,12 +77,6 @@ def _no_temporaries(root: Path):
     assert [p for p in root.rglob("*") if ".tmp" in p.name] == []
 
 
-def _exit_code(fn, argv):
-    with pytest.raises(SystemExit) as e:
-        fn(argv)
-    return e.value.code
-
-
 def _floats_after(label: str, text: str) -> list[float]:
     return [float(v) for v in re.findall(label + r"\s*(-?[\d.]+(?:e[-+]?\d+)?|inf|nan)", text)]
 
@@ -110,8 +104,8 @@ def _layout(tmp_path, inputs, **top):
 def test_layout_recipe_writes_image_overlay_and_losses(layout_cli, model_dir, clip_dir, inputs, tmp_path, capsys):
     path = _layout(tmp_path, inputs)
     out = tmp_path / "out" / "scene.png"
-    report = layout_cli.main([str(path), "-o", str(out), "--model", str(model_dir), "--clip", str(clip_dir),
-                              "--steps", "3", "--canvas", "64", "--no-progress"])
+    report = layout_cli.run_layout([str(path), "-o", str(out), "--model", str(model_dir), "--clip", str(clip_dir),
+                                    "--steps", "3", "--canvas", "64", "--no-progress"])
     captured = capsys.readouterr()
     assert [p.name for p in report["written"]] == ["scene.png", "scene_layout.png", "scene_losses.png"]
     assert _size(out) == ((64, 64), "RGB")  # --canvas overrides the layout's 2048
@@ -133,7 +127,7 @@ def test_layout_recipe_writes_image_overlay_and_losses(layout_cli, model_dir, cl
         if name in ("observation", "low-res"):  # observations are scored against what they observe
             (value,) = _floats_after("psnr", line)
             assert value == pytest.approx(measures[name]["psnr"][0], rel=1e-3) and value > 0
-    assert "3 steps" in captured.out and "canvas 64x64" in captured.out
+    assert "5 constraints, canvas 64x64, 3 steps" in captured.out
     # conversions are announced
     assert "note:" in captured.err and "mode P" in captured.err and "alpha" in captured.err
     _no_temporaries(tmp_path)
@@ -146,14 +140,14 @@ def test_layout_recipe_batch_seed_and_non_square_canvas(layout_cli, model_dir, i
     path = tmp_path / "l.json"
     path.write_text(json.dumps(layout))
     args = [str(path), "--model", str(model_dir), "--canvas", "40", "72", "--batch-size", "2", "--no-progress"]
-    first = layout_cli.main(args + ["-o", str(tmp_path / "a" / "x.png"), "--seed", "5"])
+    first = layout_cli.run_layout(args + ["-o", str(tmp_path / "a" / "x.png"), "--seed", "5"])
     assert "16-bit" in capsys.readouterr().err
     assert [p.name for p in first["written"]] == ["x_0.png", "x_1.png", "x_layout.png", "x_losses.png"]
     assert _size(first["written"][0]) == ((72, 40), "RGB") == _size(first["written"][1])
     assert first["written"][0].read_bytes() != first["written"][1].read_bytes()
     # sample i depends on seed + i only: sample 1 of seed 5 == sample 0 of seed 6 (alone in its batch, so up to
     # the last bits batched kernels may change)
-    again = layout_cli.main(args[:-3] + ["-o", str(tmp_path / "b" / "x.png"), "--seed", "6", "--no-progress"])
+    again = layout_cli.run_layout(args[:-3] + ["-o", str(tmp_path / "b" / "x.png"), "--seed", "6", "--no-progress"])
     a, b = (np.asarray(Image.open(p), dtype=int) for p in (again["written"][0], first["written"][1]))
     assert np.abs(a - b).max() <= 2
     _no_temporaries(tmp_path)
@@ -161,8 +155,8 @@ def test_layout_recipe_batch_seed_and_non_square_canvas(layout_cli, model_dir, i
 
 def test_shipped_quick_example_runs(layout_cli, model_dir, clip_dir, tmp_path, capsys):
     example = REPO / "recipes" / "examples" / "quick_512.json"
-    report = layout_cli.main([str(example), "-o", str(tmp_path / "q.png"), "--model", str(model_dir), "--clip",
-                              str(clip_dir), "--steps", "2", "--canvas", "48", "--no-progress"])
+    report = layout_cli.run_layout([str(example), "-o", str(tmp_path / "q.png"), "--model", str(model_dir), "--clip",
+                                    str(clip_dir), "--steps", "2", "--canvas", "48", "--no-progress"])
     assert _size(tmp_path / "q.png")[0] == (48, 48)
     clip_items = {name for name in report["measures"] if "similarity" in report["measures"][name]}
     assert clip_items == {"clip:a clear sky", "clip:the sun", "clip:a grassy meadow"}
@@ -172,19 +166,19 @@ def test_layout_recipe_bad_layout_exits_2_naming_the_item(layout_cli, model_dir,
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"items": [{"type": "color", "color": "#fff000", "box": [0, 0, 1, 1]},
                                           {"type": "color", "color": "#fff000", "box": [0.2, 0, 1.2, 1]}]}))
-    assert _exit_code(layout_cli.main, [str(path), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
+    assert layout_cli.main([str(path), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("infd-layout: error: items[1].box:") and "outside the canvas" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
 
     path.write_text("{not json")
-    assert _exit_code(layout_cli.main, [str(path), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
+    assert layout_cli.main([str(path), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert _exit_code(layout_cli.main, [str(tmp_path / "none.json"), "--model", str(model_dir)]) == 2
+    assert layout_cli.main([str(tmp_path / "none.json"), "--model", str(model_dir)]) == 2
     assert "no layout file" in capsys.readouterr().err
     path.write_text(json.dumps({"steps": 3, "items": [{"type": "color", "color": "#fff000", "box": [0, 0, 1, 1]}]}))
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "--steps", "999"]) == 2
+    assert layout_cli.main([str(path), "--model", str(model_dir), "--steps", "999"]) == 2
     assert "steps:" in capsys.readouterr().err
 
 
@@ -198,11 +192,11 @@ def test_missing_default_model_or_clip_exits_2(layout_cli, sr_cli, inpaint_cli, 
     photo = str(inputs / "photo.png")
     for cli, argv in [(layout_cli, [str(path)]), (sr_cli, [photo, "--upscale", "2"]),
                       (inpaint_cli, [photo, "--polygon", "0,0 1,0 1,1"])]:
-        assert _exit_code(cli.main, argv + ["-o", str(tmp_path / "o.png")]) == 2
+        assert cli.main(argv + ["-o", str(tmp_path / "o.png")]) == 2
         err = capsys.readouterr().err
         assert "default" in err and "missing" in err and len(err.strip().splitlines()) == 1
     # the shipped CLIP is missing too: a layout with clip items says so, with its own model
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(tmp_path / "o.png")]) == 2
+    assert layout_cli.main([str(path), "--model", str(model_dir), "-o", str(tmp_path / "o.png")]) == 2
     assert "shipped CLIP 'default' is missing" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
@@ -211,15 +205,15 @@ def test_layout_recipe_never_overwrites_an_input(layout_cli, model_dir, inputs, 
     path = tmp_path / "l.json"
     path.write_text(json.dumps({"items": [{"type": "observation", "image": "in/photo.png"}]}))
     before = (inputs / "photo.png").read_bytes()
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(inputs / "photo.png")]) == 2
+    assert layout_cli.main([str(path), "--model", str(model_dir), "-o", str(inputs / "photo.png")]) == 2
     assert "also an input" in capsys.readouterr().err
     assert (inputs / "photo.png").read_bytes() == before
     # the layout file itself, and the overlay name colliding with an input
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(path)]) == 2
+    assert layout_cli.main([str(path), "--model", str(model_dir), "-o", str(path)]) == 2
     layout_png = tmp_path / "x_layout.png"
     layout_png.write_bytes(before)
     path.write_text(json.dumps({"items": [{"type": "observation", "image": "x_layout.png"}]}))
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(tmp_path / "x.png")]) == 2
+    assert layout_cli.main([str(path), "--model", str(model_dir), "-o", str(tmp_path / "x.png")]) == 2
     assert layout_png.read_bytes() == before and not (tmp_path / "x.png").exists()
 
 
@@ -231,8 +225,8 @@ def test_layout_recipe_ctrl_c_exits_130(layout_cli, model_dir, inputs, tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr("infd_solve.solver.Solver.solve", interrupted)
-    assert _exit_code(layout_cli.main, [str(path), "--model", str(model_dir), "-o", str(tmp_path / "o.png"),
-                                        "--steps", "2", "--no-progress"]) == 130
+    assert layout_cli.main([str(path), "--model", str(model_dir), "-o", str(tmp_path / "o.png"),
+                            "--steps", "2", "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
     _no_temporaries(tmp_path)
@@ -247,9 +241,9 @@ def test_layout_recipe_ctrl_c_exits_130(layout_cli, model_dir, inputs, tmp_path,
 def test_super_resolution_writes_result_compare_and_psnr(sr_cli, model_dir, inputs, tmp_path, capsys,
                                                          operator, target, expected):
     out = tmp_path / "sr" / "big.png"
-    report = sr_cli.main([str(inputs / "rgba.png"), *target, "-o", str(out), "--operator", operator, "--factor",
-                          "2", "--noise-sigma", "0.01", "--model", str(model_dir), "--steps", "3", "--seed", "1",
-                          "--no-progress"])
+    report = sr_cli.run_super_resolution([str(inputs / "rgba.png"), *target, "-o", str(out), "--operator", operator,
+                                          "--factor", "2", "--noise-sigma", "0.01", "--model", str(model_dir),
+                                          "--steps", "3", "--seed", "1", "--no-progress"])
     captured = capsys.readouterr()
     assert _size(out) == ((expected, expected), "RGB") and report["size"] == expected
     assert _size(tmp_path / "sr" / "big_compare.png")[0][0] >= 600
@@ -263,8 +257,9 @@ def test_super_resolution_writes_result_compare_and_psnr(sr_cli, model_dir, inpu
 def test_super_resolution_consistency_is_measured_on_the_result(sr_cli, model_dir, inputs, tmp_path):
     """The printed PSNR is the result seen through the operator vs the input: recompute it from the output PNG."""
     out = tmp_path / "big.png"
-    report = sr_cli.main([str(inputs / "grey16.png"), "--size", "64", "-o", str(out), "--operator", "area",
-                          "--factor", "4", "--model", str(model_dir), "--steps", "2", "--no-progress"])
+    report = sr_cli.run_super_resolution([str(inputs / "grey16.png"), "--size", "64", "-o", str(out), "--operator",
+                                          "area", "--factor", "4", "--model", str(model_dir), "--steps", "2",
+                                          "--no-progress"])
     from infd_solve.io import load_image
     from infd_solve.metrics import psnr
 
@@ -277,11 +272,11 @@ def test_super_resolution_consistency_is_measured_on_the_result(sr_cli, model_di
 def test_super_resolution_non_square_input(sr_cli, model_dir, inputs, tmp_path, capsys):
     wide = str(inputs / "wide.png")
     common = ["--upscale", "2", "--model", str(model_dir), "--steps", "2", "--no-progress"]
-    assert _exit_code(sr_cli.main, [wide, "-o", str(tmp_path / "a.png"), *common]) == 2
+    assert sr_cli.main([wide, "-o", str(tmp_path / "a.png"), *common]) == 2
     err = capsys.readouterr().err
     assert "16x24" in err and "square" in err and "--crop" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a.png").exists()
-    report = sr_cli.main([wide, "-o", str(tmp_path / "b.png"), "--crop", *common])
+    report = sr_cli.run_super_resolution([wide, "-o", str(tmp_path / "b.png"), "--crop", *common])
     assert "centre-cropped from 16x24 to 16x16" in capsys.readouterr().err
     assert _size(report["written"][0])[0] == (32, 32)
 
@@ -298,15 +293,15 @@ def test_super_resolution_bad_input_exits_2(sr_cli, model_dir, inputs, tmp_path,
         ([str(inputs / "known.png").replace("known", "nothere"), "--upscale", "2"], "no image file"),
     ]
     for argv, fragment in cases:
-        assert _exit_code(sr_cli.main, argv + common) == 2
+        assert sr_cli.main(argv + common) == 2
         err = capsys.readouterr().err
         assert fragment in err and len(err.strip().splitlines()) == 1, err
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image")
-    assert _exit_code(sr_cli.main, [str(garbage), "--upscale", "2", "-o", str(tmp_path / "o.png"), *common]) == 2
+    assert sr_cli.main([str(garbage), "--upscale", "2", "-o", str(tmp_path / "o.png"), *common]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert _exit_code(sr_cli.main, [str(photo), "--upscale", "0.5", *common]) == 2  # argparse error
-    assert _exit_code(sr_cli.main, [str(photo), *common]) == 2  # neither --size nor --scale
+    assert sr_cli.main([str(photo), "--upscale", "0.5", *common]) == 2  # argparse error
+    assert sr_cli.main([str(photo), *common]) == 2  # neither --size nor --scale
     assert photo.read_bytes() == before
     assert not (tmp_path / "o.png").exists()
 
@@ -316,8 +311,9 @@ def test_super_resolution_bad_input_exits_2(sr_cli, model_dir, inputs, tmp_path,
 
 def test_inpaint_polygon_fills_the_polygon(inpaint_cli, model_dir, inputs, tmp_path, capsys):
     out = tmp_path / "ip" / "filled.png"
-    report = inpaint_cli.main([str(inputs / "palette.png"), "--polygon", "0.25,0.25 0.75,0.25 0.75,0.75 0.25,0.75",
-                               "-o", str(out), "--model", str(model_dir), "--steps", "3", "--no-progress"])
+    report = inpaint_cli.run_inpaint([str(inputs / "palette.png"), "--polygon",
+                                      "0.25,0.25 0.75,0.25 0.75,0.75 0.25,0.75", "-o", str(out), "--model",
+                                      str(model_dir), "--steps", "3", "--no-progress"])
     captured = capsys.readouterr()
     assert _size(out) == ((32, 32), "RGB") and report["canvas"] == (32, 32)
     assert _size(tmp_path / "ip" / "filled_compare.png")[0][0] >= 600
@@ -333,8 +329,8 @@ def test_inpaint_polygon_fills_the_polygon(inpaint_cli, model_dir, inputs, tmp_p
 def test_inpaint_mask_and_inverted_mask(inpaint_cli, model_dir, inputs, tmp_path, capsys):
     common = ["--model", str(model_dir), "--steps", "2", "--no-progress"]
     photo, known = str(inputs / "photo.png"), str(inputs / "known.png")
-    a = inpaint_cli.main([photo, "--mask", known, "-o", str(tmp_path / "a.png"), *common])
-    b = inpaint_cli.main([photo, "--mask", known, "--invert-mask", "-o", str(tmp_path / "b.png"), *common])
+    a = inpaint_cli.run_inpaint([photo, "--mask", known, "-o", str(tmp_path / "a.png"), *common])
+    b = inpaint_cli.run_inpaint([photo, "--mask", known, "--invert-mask", "-o", str(tmp_path / "b.png"), *common])
     assert a["known_fraction"] == pytest.approx(1 - 16 * 16 / 32**2)
     assert b["known_fraction"] == pytest.approx(16 * 16 / 32**2)
     assert math.isfinite(a["psnr"]) and math.isfinite(b["psnr"])
@@ -342,20 +338,21 @@ def test_inpaint_mask_and_inverted_mask(inpaint_cli, model_dir, inputs, tmp_path
     grey = np.full((32, 32), 65535, np.uint16)
     grey[:, 16:] = 32768
     Image.fromarray(grey).save(tmp_path / "m16.png")
-    c = inpaint_cli.main([photo, "--mask", str(tmp_path / "m16.png"), "-o", str(tmp_path / "c.png"), *common])
+    c = inpaint_cli.run_inpaint([photo, "--mask", str(tmp_path / "m16.png"), "-o", str(tmp_path / "c.png"), *common])
     assert c["known_fraction"] == pytest.approx(0.5 + 0.5 * 32768 / 65535, abs=1e-4)
     assert "16-bit" in capsys.readouterr().err
     Image.open(known).convert("RGB").save(tmp_path / "rgb_mask.png")
-    d = inpaint_cli.main([photo, "--mask", str(tmp_path / "rgb_mask.png"), "-o", str(tmp_path / "d.png"), *common])
+    d = inpaint_cli.run_inpaint([photo, "--mask", str(tmp_path / "rgb_mask.png"), "-o", str(tmp_path / "d.png"),
+                                 *common])
     assert d["known_fraction"] == pytest.approx(a["known_fraction"]) and "mode RGB converted" in capsys.readouterr().err
 
 
 def test_inpaint_box_places_the_image_on_a_larger_canvas(inpaint_cli, model_dir, inputs, tmp_path, capsys):
     common = [str(inputs / "photo.png"), "--polygon", "0.5,0 1,0 1,0.2", "--box", "0.5", "0", "1", "0.5",
               "--model", str(model_dir), "--steps", "2", "--no-progress"]
-    report = inpaint_cli.main(common + ["-o", str(tmp_path / "a.png")])
+    report = inpaint_cli.run_inpaint(common + ["-o", str(tmp_path / "a.png")])
     assert _size(tmp_path / "a.png")[0] == (64, 64) and 0.5 < report["known_fraction"] < 1
-    report = inpaint_cli.main(common + ["-o", str(tmp_path / "b.png"), "--size", "48"])
+    report = inpaint_cli.run_inpaint(common + ["-o", str(tmp_path / "b.png"), "--size", "48"])
     assert _size(tmp_path / "b.png")[0] == (48, 48)
 
 
@@ -374,14 +371,14 @@ def test_inpaint_bad_input_exits_2(inpaint_cli, model_dir, inputs, tmp_path, cap
         ([photo, "--polygon", "0,0 1,0 1,1", "--box", "0", "0", "1.5", "1"], "--box"),
     ]
     for argv, fragment in cases:
-        assert _exit_code(inpaint_cli.main, argv + common) == 2
+        assert inpaint_cli.main(argv + common) == 2
         err = capsys.readouterr().err
         errors = [ln for ln in err.splitlines() if not ln.startswith("infd-inpaint: note:")]  # notes may precede it
         assert fragment in err and len(errors) == 1 and "Traceback" not in err, (argv, err)
-    assert _exit_code(inpaint_cli.main, [photo, "--polygon", "0,0 1,0 1,1", "--mask", photo] + common) == 2
+    assert inpaint_cli.main([photo, "--polygon", "0,0 1,0 1,1", "--mask", photo] + common) == 2
     mask = inputs / "known.png"
     before = mask.read_bytes()
-    assert _exit_code(inpaint_cli.main, [photo, "--mask", str(mask)] + common[:-2] + ["-o", str(mask)]) == 2
+    assert inpaint_cli.main([photo, "--mask", str(mask)] + common[:-2] + ["-o", str(mask)]) == 2
     assert "also an input" in capsys.readouterr().err and mask.read_bytes() == before
     assert not (tmp_path / "o.png").exists()
     _no_temporaries(tmp_path)
@@ -401,6 +398,7 @@ def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir,
     target = ["--upscale", "2"] if recipe == "super_resolution" else ["--polygon", "0.3,0.3 0.7,0.3 0.5,0.7"]
     common = [str(tmp_path / "smooth.png"), *target, "--model", str(model_dir), "--steps", "20", "--guidance", "x0",
               "--seed", "0", "--refine-steps", "0", "--no-progress"]  # guidance alone
-    free = cli.main(common + ["-o", str(tmp_path / "free.png"), "--guidance-scale", "0"])
-    guided = cli.main(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "20"])
+    run = getattr(cli, f"run_{recipe}")
+    free = run(common + ["-o", str(tmp_path / "free.png"), "--guidance-scale", "0"])
+    guided = run(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "20"])
     assert guided["psnr"] > free["psnr"] + 0.5

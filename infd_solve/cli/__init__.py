@@ -1,16 +1,24 @@
 """The command-line programs (``infd-layout``, ``infd-sr``, ``infd-inpaint``, ``infd-sample``; also run as
-``python recipes/<name>.py``) and what they share: one-line errors, conversion notes, device and model choice.
+``python recipes/<name>.py``) and what they share: exit statuses, one-line errors, conversion notes, device
+and model choice.
 
-Bad input (a missing file, a bad box, a corrupt checkpoint) ends with ``PROG: error: ...`` and exit code 2,
-Ctrl-C with exit code 130 (outputs are written atomically, so nothing is half-written), and every conversion
-warning (image mode, polygon repair) is shown to the user as ``PROG: note: ...``.
+Each command module has ``main(argv) -> int``, the program (its console script exits with what it returns:
+0 done, 2 bad input, 3 some constraint never guided, 130 Ctrl-C), and ``run_<command>(argv) -> dict``, the
+same run in-process for tests and recipes that need its results (it ends with ``SystemExit`` where the
+program would exit with a non-zero status). Bad input (a missing file, a bad box, a corrupt checkpoint) ends
+with ``PROG: error: ...``, Ctrl-C with ``PROG: error: interrupted ...`` (outputs are written atomically, so
+nothing is half-written), and every conversion warning (image mode, polygon repair) is shown to the user as
+``PROG: note: ...``: stderr holds only these lines and progress bars.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -34,19 +42,51 @@ class Parser(argparse.ArgumentParser):
         fail(self.prog, f"{message} (see {self.prog} --help)")
 
 
+def plain_text(docstring: str) -> str:
+    """A module docstring as terminal text: reStructuredText markup (````code````, ``:class:`~a.B```,
+    ``Usage::``) removed, so ``--help`` reads as prose."""
+    def role(match):  # :class:`~infd_solve.Result` -> Result, :mod:`infd_solve.layout` -> infd_solve.layout
+        target = match.group(1)
+        return target.rsplit(".", 1)[-1] if target.startswith("~") else target
+
+    text = re.sub(r":[a-z]+:`([^`]+)`", role, docstring)
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    return re.sub(r"::$", ":", text, flags=re.M).strip()
+
+
 def new_parser(prog: str, doc: str) -> Parser:
-    """A command's parser: one-line errors, the first paragraph of its docstring as description."""
-    return Parser(prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A command's parser: one-line errors; its docstring, as plain text, gives the description (the first
+    paragraph) and the epilog (the rest: usage examples, outputs, exit codes)."""
+    description, _, epilog = plain_text(doc).partition("\n\n")
+    return Parser(prog=prog, description=description, epilog=epilog or None,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run_command(build_parser, run, argv, prog: str):
-    """What every command's ``main`` does: parse, then ``run(parser, args)``, with one-line errors; inside
-    :func:`user_errors`, so Ctrl-C during the (lazy, heavy) imports ends quietly too."""
+    """What every command's in-process ``run_<command>`` does: parse, then ``run(parser, args)`` and return
+    its result, with one-line errors; inside :func:`user_errors`, so Ctrl-C during the (lazy, heavy) imports
+    ends quietly too."""
     with user_errors(prog):
         parser = build_parser(prog)
         args = parser.parse_args(argv)
         args.prog = prog
         return run(parser, args)
+
+
+def exit_status(run_in_process, argv, prog: str) -> int:
+    """What every command's ``main`` does: ``run_in_process(argv, prog)``, and its exit status instead of its
+    result (0, or the code it ended with). The console-script wrapper passes ``main()``'s value to
+    ``sys.exit``, which would print a returned result and exit with 1."""
+    try:
+        run_in_process(argv, prog)
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    return 0
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 constraint``, ``2 constraints``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 @contextlib.contextmanager
@@ -107,6 +147,55 @@ def check_solver_arguments(parser, args) -> None:
     for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
         if not math.isfinite(value) or value < 0:
             parser.error(f"{name} must be a finite number >= 0, got {value}")
+
+
+def add_import_argument(parser) -> None:
+    """``--import MODULE_OR_FILE`` (repeatable), for the programs that read layouts: see
+    :func:`import_user_modules`."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import this module (a name, found in the working directory or on the Python path, "
+                             "or a .py file) before reading layouts, so the Constraint classes it defines (with "
+                             "a layout_type) can be layout items; repeatable")
+
+
+def import_user_modules(specs) -> None:
+    """Import each ``--import`` value: a path ending in ``.py`` is run as a module named after the file, any
+    other value is a module name looked up as ``python -m`` would (working directory first). A constraint class
+    with a ``layout_type`` registers itself when its module runs. ``ValueError`` naming the value when it
+    cannot be imported (the module's own error, in one line)."""
+    import importlib
+
+    for spec in specs:
+        if spec.endswith(".py"):
+            path = Path(spec).expanduser().resolve()
+            if not path.is_file():
+                raise ValueError(f"--import {spec}: no such file")
+            if path.stem in sys.modules:  # running it under a taken name would replace that module
+                raise ValueError(f"--import {spec}: a module named {path.stem!r} is already imported; rename the file")
+            load = functools.partial(_run_file_as_module, path)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            load = functools.partial(importlib.import_module, spec)
+        try:
+            load()
+        except Exception as e:  # noqa: BLE001 - whatever the user's module raises is reported, in one line
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"--import {spec}: {type(e).__name__}{': ' + detail if detail else ''}") from None
+
+
+def _run_file_as_module(path: Path) -> None:
+    """Run ``path`` as the module named after its stem, in ``sys.modules`` while it runs and after, as an import
+    would (so its classes can be found by name), and removed again if it fails."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]
+        raise
 
 
 def parse_assignments(pairs, option: str) -> dict:
@@ -186,10 +275,9 @@ def observation_outputs(args, source: Path, suffix: str, inputs=()) -> tuple[Pat
     return out, compare, model_file
 
 
-def solve_observation(args, model_file, constraint, canvas) -> tuple:
+def solve_observation(args, model, constraint, canvas) -> tuple:
     """Solve for one observation with the flags of :func:`add_solver_arguments`, save the canvas and print
     its path; returns ``(result, written paths, PSNR of the result against the observation)``."""
-    model = load_sampling_model(model_file, args.device)
     result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
     written = result.save(args.out_path, canvas, tile=args.tile)
     print(written[0])

@@ -25,8 +25,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, guidance_failures, new_parser, observation_outputs,
-               run_command, solve_observation)
+from . import (add_solver_arguments, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
+               new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-inpaint"
 
@@ -82,12 +82,13 @@ def run(parser, args) -> dict:
     if max(canvas) > MAX_CANVAS:
         raise ValueError(f"the canvas would be {canvas[0]}x{canvas[1]}; pass a smaller --size")
     known = float(constraint.image_mask.mean())
+    model = load_sampling_model(model_file, args.device)  # the model and --device are checked before any output
     if known >= 1.0:
         print(f"{args.prog}: note: every pixel of the image is known (nothing to fill)", file=sys.stderr)
 
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
           f"{canvas[0]}x{canvas[1]}, {args.steps} steps, seed {args.seed}")
-    result, written, value = solve_observation(args, model_file, constraint, canvas)
+    result, written, value = solve_observation(args, model, constraint, canvas)
     print(f"known-region PSNR: {value:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
     with torch.no_grad():
         on_box = result.render(constraint.score_size, constraint.box)
@@ -98,11 +99,17 @@ def run(parser, args) -> dict:
     return {"written": written, "psnr": value, "canvas": canvas, "known_fraction": known}
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
-    """Run the command; returns ``{"written", "psnr", "canvas", "known_fraction"}``. Exit 2 on bad input, 130
-    on Ctrl-C."""
+def run_inpaint(argv: list[str] | None = None, prog: str = PROG) -> dict:
+    """The command in-process: returns ``{"written", "psnr", "canvas", "known_fraction"}``; ends with
+    ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 3 never guided
+    (outputs written), 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)
 
 
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The ``infd-inpaint`` program: returns its exit status (0 done, 2 bad input, 3 never guided, 130 Ctrl-C)."""
+    return exit_status(run_inpaint, argv, prog)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

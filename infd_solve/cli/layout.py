@@ -5,10 +5,13 @@ Usage::
     infd-layout recipes/examples/quick_512.json -o outputs/quick.png
     infd-layout recipes/examples/landscape_2048.json -o outputs/landscape.png --steps 100
     infd-layout my_layout.json -o out.png --model my_model_dir --clip my_clip_dir --canvas 1024
+    infd-layout bright_layout.json -o out.png --import my_constraints.py
 
 The layout is a JSON file (format: :mod:`infd_solve.layout`; boxes ``[x0, y0, x1, y1]`` in canvas fractions,
 origin top left). ``--steps``, ``--seed``, ``--canvas``, ``--guidance-scale``, ``--guidance`` and
-``--batch-size`` override the layout's values. Writes:
+``--batch-size`` override the layout's values. An item type of your own (a ``Constraint`` subclass with a
+``layout_type``) is found by ``--import MODULE_OR_FILE`` (repeatable), or with no option when its package
+declares it as an ``infd_solve.constraints`` entry point (see :mod:`infd_solve.layout`). Writes:
 
 * ``OUT`` (``OUT_0``, ``OUT_1``, ... for a batch): the image at the canvas size, rendered in tiles (``--tile``);
 * ``OUT_layout.png``: the layout drawn over the result (boxes and polygons labelled with prompts / colours);
@@ -17,15 +20,17 @@ origin top left). ``--steps``, ``--seed``, ``--canvas``, ``--guidance-scale``, `
 Prints each constraint's measures on the result (:meth:`infd_solve.Result.report`: loss, and the CLIP
 similarity of CLIP items or the PSNR of observations). Files are written atomically; inputs (layout, model,
 CLIP, images) are never overwritten. A bad layout (the message names the item and field), a missing model or
-file ends with a one-line error and exit code 2; Ctrl-C with exit code 130.
+file ends with a one-line error and exit code 2; a constraint that never guided (its loss or gradient never
+finite) with exit code 3, after writing the outputs; Ctrl-C with exit code 130.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from . import (guidance_failures, load_sampling_model, model_path, new_parser, output_path, resolve_device,
-               run_command)
+from . import (add_import_argument, exit_status, guidance_failures, import_user_modules, load_sampling_model,
+               model_path, new_parser, output_path, plural, resolve_device, run_command)
 
 PROG = "infd-layout"
 
@@ -50,6 +55,7 @@ def build_parser(prog: str = PROG):
     p.add_argument("--tile", type=int, default=256, help="render tile size for the final image (default 256)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_import_argument(p)
     return p
 
 
@@ -86,6 +92,7 @@ def run(parser, args) -> dict:
         parser.error(f"--tile must be positive, got {args.tile}")
     layout_path = Path(args.layout)
     obj = _overrides(parser, args, read_layout(layout_path))
+    import_user_modules(args.imports)
     model_file = model_path(args.model)  # a missing shipped model fails here, before any work
     device = resolve_device(args.device)
     settings, constraints = parse_layout(obj, clip=args.clip, base_dir=layout_path.resolve().parent, device=device)
@@ -100,7 +107,7 @@ def run(parser, args) -> dict:
 
     model = load_sampling_model(model_file, device)
     h, w = settings.canvas
-    print(f"{layout_path.name}: {len(constraints)} constraints, canvas {h}x{w}, {settings.steps} steps "
+    print(f"{layout_path.name}: {plural(len(constraints), 'constraint')}, canvas {h}x{w}, {settings.steps} steps "
           f"({settings.guidance}, guidance scale {settings.guidance_scale:g}), seed {settings.seed}, "
           f"batch {settings.batch_size}")
     solver = Solver(model, **settings.solver_kwargs(), progress=not args.no_progress)
@@ -119,11 +126,17 @@ def run(parser, args) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
-    """Run the command; returns ``{"written", "measures"}`` (``measures``: :meth:`Result.report`). Exit code 2
-    on bad input, 130 on Ctrl-C."""
+def run_layout(argv: list[str] | None = None, prog: str = PROG) -> dict:
+    """The command in-process: returns ``{"written", "measures"}`` (``measures``: :meth:`Result.report`); ends
+    with ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 3 never
+    guided (outputs written), 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)
 
 
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The ``infd-layout`` program: returns its exit status (0 done, 2 bad input, 3 never guided, 130 Ctrl-C)."""
+    return exit_status(run_layout, argv, prog)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,9 +26,10 @@ an invalid option ends with a one-line error and exit code 2.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from . import load_sampling_model, model_path, new_parser, run_command
+from . import exit_status, load_sampling_model, model_path, new_parser, run_command
 
 PROG = "infd-sample"
 PREVIEW_SIDE = 256  # the long side of each sample in grid.png
@@ -78,7 +79,7 @@ def _check_args(parser, args) -> tuple[int, int]:
         parser.error(str(e))
 
 
-def run(parser, args) -> list[Path]:
+def run(parser, args) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -123,13 +124,19 @@ def run(parser, args) -> list[Path]:
     if args.num > 1:
         written.append(save_image(image_grid(torch.stack(previews).cpu()), out_dir / "grid.png"))
         print(written[-1])
-    return written
+    return {"written": written}
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> list[Path]:
-    """Run the command; returns the written paths. Exits with code 2 on a bad model/argument, 130 on Ctrl-C."""
+def run_sample(argv: list[str] | None = None, prog: str = PROG) -> dict:
+    """The command in-process: returns ``{"written"}`` (the sample paths, then ``grid.png``); ends with
+    ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)
 
 
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The ``infd-sample`` program: returns its exit status (0 done, 2 bad input, 130 Ctrl-C)."""
+    return exit_status(run_sample, argv, prog)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

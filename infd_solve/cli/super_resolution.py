@@ -28,8 +28,8 @@ import math
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, guidance_failures, new_parser, observation_outputs,
-               run_command, solve_observation)
+from . import (add_solver_arguments, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
+               new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-sr"
 
@@ -56,7 +56,6 @@ def build_parser(prog: str = PROG):
 
 
 def _check_args(parser, args) -> None:
-
     check_solver_arguments(parser, args)
     if args.factor is not None and args.factor <= 0:
         parser.error(f"--factor must be positive, got {args.factor}")
@@ -91,10 +90,11 @@ def run(parser, args) -> dict:
     if not n <= size <= MAX_CANVAS:
         raise ValueError(f"output size {size} must be between the input side {n} and {MAX_CANVAS}")
     constraint = LowResObservation(y, noise_sigma=args.noise_sigma, operator=args.operator, factor=args.factor)
+    model = load_sampling_model(model_file, args.device)  # the model and --device are checked before any output
 
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
           f"noise sigma {args.noise_sigma:g}, {args.steps} steps, seed {args.seed}")
-    result, written, value = solve_observation(args, model_file, constraint, (size, size))
+    result, written, value = solve_observation(args, model, constraint, (size, size))
     print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {value:.2f} dB "
           f"on the {n}x{n} input grid")
     written.append(plot_super_resolution(y, written[0], compare))
@@ -103,10 +103,16 @@ def run(parser, args) -> dict:
     return {"written": written, "psnr": value, "size": size}
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
-    """Run the command; returns ``{"written", "psnr", "size"}``. Exit code 2 on bad input, 130 on Ctrl-C."""
+def run_super_resolution(argv: list[str] | None = None, prog: str = PROG) -> dict:
+    """The command in-process: returns ``{"written", "psnr", "size"}``; ends with ``SystemExit`` (after its
+    one-line error) where the program exits non-zero: 2 bad input, 3 never guided (outputs written), 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)
 
 
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The ``infd-sr`` program: returns its exit status (0 done, 2 bad input, 3 never guided, 130 Ctrl-C)."""
+    return exit_status(run_super_resolution, argv, prog)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .infd import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, INFDConfig, INFDModel
-from ..checkpoints import CheckpointError, load_checked_state_dict
+from ..checkpoints import CheckpointError, MissingCheckpointError, load_checked_state_dict
 from .official import load_official
 
 OFFICIAL_HINT = (
@@ -26,7 +26,7 @@ def load_pretrained(directory: str | Path) -> INFDModel:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: an infd-solve model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise MissingCheckpointError(f"{path} not found: an infd-solve model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -70,6 +70,6 @@ def load_model(path_or_name: str | Path, ema: bool = True, device: str | torch.d
     else:
         path = Path(path_or_name)
     if not path.exists():
-        raise FileNotFoundError(f"no model at {path}. {OFFICIAL_HINT}")
+        raise MissingCheckpointError(f"no model at {path}. {OFFICIAL_HINT}")
     model = load_pretrained(path) if path.is_dir() else load_official(path, ema=ema)
     return model.to(device) if device is not None else model
