@@ -79,8 +79,7 @@ __all__ = ["Job", "JobError", "Processes", "Runner", "read_jobs", "parse_job", "
 
 TASKS = ("sr", "inpaint", "deblur")
 METHODS = ("dps", "prior", "classical")
-SOLVER_JOB_FIELDS = ("steps", "guidance", "guidance_scale", "eta", "normalize", "max_grad_norm", "refine_steps")
-COMMON_FIELDS = ("id", "seed", "method", "save_unrefined", *SOLVER_JOB_FIELDS)
+COMMON_FIELDS = ("id", "seed", "method", "save_unrefined")  # besides the solver's options (infd_solve.options)
 LAYOUT_FIELDS = ("layout", "canvas", "batch_size")
 TASK_FIELDS = {"sr": ("factor", "operator"), "inpaint": ("mask", "hole", "missing"), "deblur": ("kernel",)}
 TASK_COMMON = ("task", "image", "truth", "size", "noise_sigma", "noise_seed")
@@ -177,11 +176,9 @@ def _check_spec(obj, base_dir: Path) -> str:
     if "save_unrefined" in obj:
         if checks.boolean(obj["save_unrefined"], "save_unrefined") and method != "dps":
             raise ValueError(f"save_unrefined: only a 'dps' job refines, this one is {method!r}")
-    given = {k: obj[k] for k in SOLVER_JOB_FIELDS if k in obj}
-    if given:
-        _check_solver_fields(given)
+    options = tuple(_option_fields(obj))
     if "layout" in obj:
-        allowed = COMMON_FIELDS + LAYOUT_FIELDS
+        allowed = COMMON_FIELDS + LAYOUT_FIELDS + options
         for key in obj:
             if key not in allowed:
                 raise _unknown(key, allowed, "layout job")
@@ -199,7 +196,7 @@ def _check_spec(obj, base_dir: Path) -> str:
         return job_id
     task = obj["task"]
     checks.choice(task, "task", TASKS)
-    allowed = COMMON_FIELDS + TASK_COMMON + TASK_FIELDS[task]
+    allowed = COMMON_FIELDS + TASK_COMMON + TASK_FIELDS[task] + options
     for key in obj:
         if key not in allowed:
             raise _unknown(key, allowed, f"{task} job")
@@ -257,18 +254,17 @@ def _check_canvas(value, name: str) -> tuple[int, int]:
     return size
 
 
-def _check_solver_fields(given: dict) -> dict:
-    from .layout import SOLVER_FIELDS
-    from .solver import check_options
+def _option_fields(obj: dict) -> dict:
+    """The job's solver options (:mod:`infd_solve.options`), checked: ``ValueError`` naming the field."""
+    from .solver import option_names, solver_options
 
     try:
-        return check_options(**{SOLVER_FIELDS[k]: v for k, v in given.items()})
+        names = option_names(obj.get("sampler", "dps"))
     except ValueError as e:
-        message = str(e).splitlines()[0]
-        for field, option in SOLVER_FIELDS.items():  # the solver says "scale", the job "guidance_scale"
-            if re.match(rf"{option}[ :]", message):
-                raise ValueError(field + message[len(option):]) from None
-        raise
+        raise ValueError(f"sampler: {e}") from None
+    given = {k: v for k, v in obj.items() if k in names}
+    solver_options(**given)
+    return given
 
 
 def read_jobs(path: str | Path) -> list[Job]:
@@ -536,7 +532,7 @@ class Runner:
         from .layout import parse_layout, read_layout
 
         spec = job.spec
-        overrides = {k: spec[k] for k in ("seed", "canvas", "batch_size", *SOLVER_JOB_FIELDS) if k in spec}
+        overrides = {k: spec[k] for k in ("seed", "canvas", "batch_size", *_option_fields(spec)) if k in spec}
         if job.kind == "layout":
             if isinstance(spec["layout"], dict):
                 layout, base = dict(spec["layout"]), job.base_dir
@@ -611,7 +607,7 @@ class Runner:
 
     def _run(self, job: Job, folder: Path, start: float) -> dict:
         from .io import save_image
-        from .solver import Result, Solver
+        from .solver import Result
 
         prepared = self.prepare(job)
         settings, constraints, model = prepared.settings, prepared.constraints, self.model
@@ -624,37 +620,12 @@ class Runner:
         tick = time.perf_counter()
         unrefined, result, image = None, None, None
         if job.method == "dps":
-            solver = Solver(model, **settings.solver_kwargs(), progress=False)
-            captured, calls = {}, [0]
-
-            def keep_unrefined(state):  # the sampler's last latent, before the refinement steps
-                if calls[0] == len(solver.timesteps) - 1:
-                    captured["z"] = state["x"].detach().clone()
-                calls[0] += 1
-
-            keep = job.spec.get("save_unrefined", False)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RuntimeWarning)
-                result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed,
-                                      callback=keep_unrefined if keep else None)
-            for w in caught:
-                if not issubclass(w.category, RuntimeWarning) or "guidance never happened" not in str(w.message):
-                    warnings.warn(w.message, w.category)
-            steps = result.history["step_seconds"]
-            sampling = len(solver.timesteps)
-            seconds |= {"sampling": sum(steps[:sampling]), "refinement": sum(steps[sampling:])}
-            if keep:
-                from .consistency import correct
-
-                z = model.unscale(captured["z"])
-                with torch.no_grad():
-                    field = model.decode(z)
-                corrections = correct(model, field, result.constraints) if solver.consistency else []
-                unrefined = Result(model, z, field, result.constraints, {}, corrections)
+            result, unrefined, solve_seconds = _solve(model, settings, constraints, job.spec.get("save_unrefined", False))
+            seconds |= solve_seconds
         elif job.method == "prior":
             generators = [torch.Generator().manual_seed(settings.seed + i) for i in range(settings.batch_size)]
-            z = model.sample(settings.batch_size, steps=settings.steps, eta=settings.eta, generator=generators,
-                             progress=False)
+            z = model.sample(settings.batch_size, steps=settings.steps, eta=settings.options.get("eta"),
+                             generator=generators, progress=False)
             with torch.no_grad():
                 result = Result(model, z, model.decode(z), [c.to(model.device, model.dtype) for c in constraints], {})
         else:
@@ -701,10 +672,32 @@ class Runner:
         return _resized(wiener_deconvolution(observed, kernel, constraint.noise_sigma), size).clamp(-1, 1)
 
 
+def _solve(model, settings, constraints, unrefined: bool):
+    """A ``dps`` job's solve (any sampler family): the result, the sampler's result before refinement when
+    asked for (corrected like the result), and the seconds each phase took. A constraint that never guided
+    is recorded, not warned about."""
+    from .consistency import correct
+    from .solver import GuidanceWarning, Result, Solver
+
+    solver = Solver(model, **settings.solver_kwargs(), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuidanceWarning)
+        result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed)
+    steps, phases = result.history["step_seconds"], result.history["phase"]
+    seconds = {phase: sum(s for s, p in zip(steps, phases) if p == key)
+               for phase, key in (("sampling", "sample"), ("refinement", "refine"))}
+    if not unrefined:
+        return result, None, seconds
+    z = result.sampled_latent
+    with torch.no_grad():
+        field = model.decode(z)
+    corrections = correct(model, field, result.constraints) if solver.options["consistency"] else []
+    return result, Result(model, z, field, result.constraints, {}, corrections), seconds
+
+
 def _settings_dict(settings) -> dict:
-    out = {k: getattr(settings, k) for k in ("canvas", "seed", "batch_size", *SOLVER_JOB_FIELDS)}
-    out["canvas"] = list(out["canvas"])
-    return out
+    return {"canvas": list(settings.canvas), "seed": settings.seed, "batch_size": settings.batch_size} | \
+        settings.solver_kwargs()
 
 
 def _score_image(constraints, image: torch.Tensor) -> dict:

@@ -88,4 +88,4 @@ def unknown_field(key, allowed) -> ValueError:
     close = [a for a in names if len(key_text) >= 3 and (key_text in a or a in key_text)][:1] or \
         difflib.get_close_matches(key_text, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown field {checks.shown(key, 200)}{hint}; allowed: {', '.join(sorted(allowed))}")
+    return ValueError(f"unknown field {shown(key, 200)}{hint}; allowed: {', '.join(sorted(allowed))}")

@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from .operators import Operator, coarsen_observation
 from .rendering import FULL_CANVAS, Box
 
-# lam at noise 0: only its ratio to the data term matters where nothing is observed (a hole is filled
-# harmonically whatever its size), and there it is tiny: observed values are met to ~1e-6
-SMOOTHNESS = 1e-6
-NOISY_SMOOTHNESS = (1.0, 1e-3)  # with noise, lam from the first down to the last, by tenths, until within it
+# lam, from the first (the second without noise beyond rounding) down to the last by tenths until the fit is
+# within the noise. Where nothing is observed only its ratio to the data term matters (a hole is filled
+# harmonically whatever its size); at the last, observed values are met to ~1e-6
+SMOOTHNESS = (1.0, 1e-3, 1e-6)
+QUANTIZATION = 2 / 255 / 12**0.5  # the noise of 8-bit rounding, in [-1, 1] units
 # the largest Jacobi update left, in [-1, 1] units (an 8-bit level is 0.0078); small, because in a hole it is the
 # Laplacian of the error, which is small for smooth errors
-TOLERANCE = 1e-5
-FIT_DB = 60.0  # without noise, the observation is explained to this PSNR (8-bit rounding: about 59 dB)
+TOLERANCE = (1e-5, 1e-4)  # on the coarsest grid; on finer ones, where only the interpolation's error is left
 COARSEST_SIDE = 48  # the multigrid warm start begins at a grid this small
 DEBUG = False
 MAX_ITERATIONS = (1000, 300)  # conjugate-gradient steps on the coarsest grid, and on each finer one
@@ -183,10 +183,11 @@ class _Problem:
         return d.square().flatten(1).sum(1) / self.count
 
 
-def _conjugate_gradients(problem: _Problem, r: torch.Tensor, iterations: int, target_mse: float) -> torch.Tensor:
+def _conjugate_gradients(problem: _Problem, r: torch.Tensor, iterations: int, target_mse: float,
+                         tolerance: float) -> torch.Tensor:
     """Jacobi-preconditioned conjugate gradients on the normal equations from ``r``, per sample, until the
     observation is explained to ``target_mse`` and the values nothing observes (a hole) have settled: their
-    Jacobi update, the Laplacian defect, is below ``TOLERANCE`` (low frequencies of a large hole barely show
+    Jacobi update, the Laplacian defect, is below ``tolerance`` (low frequencies of a large hole barely show
     in it: :func:`solve_residual` settles them on coarser grids first); or until the update is that small
     everywhere (the best fit this ``lam`` allows)."""
     data_diagonal = problem.normal(torch.ones_like(r))[0] - problem.lam * _graph_laplacian(torch.ones_like(r))
@@ -198,8 +199,8 @@ def _conjugate_gradients(problem: _Problem, r: torch.Tensor, iterations: int, ta
     z = residual / diagonal
     p, rz = z, _per_sample(residual, z)
     for step in range(iterations):
-        settled = torch.where(unobserved, z, 0).abs().flatten(1).amax(1) <= TOLERANCE
-        moving = ~((problem.mse(d) <= target_mse) & settled) & (z.abs().flatten(1).amax(1) > TOLERANCE)
+        settled = torch.where(unobserved, z, 0).abs().flatten(1).amax(1) <= tolerance
+        moving = ~((problem.mse(d) <= target_mse) & settled) & (z.abs().flatten(1).amax(1) > tolerance)
         if not moving.any():
             break
         normal_p, data_p = problem.normal(p)
@@ -237,29 +238,29 @@ def _levels(operator: Operator) -> list[tuple[Operator, tuple[int, int]]]:
 
 def solve_residual(operator: Operator, b: torch.Tensor, noise_sigma: float = 0.0) -> torch.Tensor:
     """The correction ``r`` (on ``operator``'s output grid) of a render whose observation residual is ``b``
-    (module docstring): coarse to fine, then, with noise, a larger ``lam`` per sample until the residual
-    is at the noise level."""
+    (module docstring). Morozov's discrepancy principle: ``lam`` starts large (solved coarse to fine) and shrinks by tenths, per sample, while the fit is worse than the noise, which is never taken below
+    8-bit rounding's (``QUANTIZATION``): a blurred image holds no detail finer than its rounding, and fitting
+    that would amplify it."""
     full = operator.output_size
-    lam = torch.full((b.shape[0], 1, 1, 1), SMOOTHNESS, dtype=b.dtype, device=b.device)
-    if noise_sigma > 0:
-        lam = torch.full_like(lam, NOISY_SMOOTHNESS[0])  # start smooth; relaxed below while the fit is worse
-    target = max(noise_sigma**2, 4 * 10 ** (-FIT_DB / 10))
+    target = max(noise_sigma, QUANTIZATION) ** 2
+    first = SMOOTHNESS[0] if noise_sigma > QUANTIZATION else SMOOTHNESS[1]  # rounding alone needs little smoothing
+    lam = torch.full((b.shape[0], 1, 1, 1), first, dtype=b.dtype, device=b.device)
     r = None
     for op, size in _levels(operator):
         coarse_b = coarsen_observation(b, operator.weight, size) if size != full else b
         start = torch.zeros_like(coarse_b) if r is None else upsample(r, size)
         pixels = size[0] * size[1] / (full[0] * full[1])  # keep the balance of data and smoothness per level
-        iterations = MAX_ITERATIONS[0] if r is None else MAX_ITERATIONS[1]
-        r = _conjugate_gradients(_Problem(op, coarse_b, lam * pixels), start, iterations, target)
-    while noise_sigma > 0:
+        level = 0 if r is None else 1
+        r = _conjugate_gradients(_Problem(op, coarse_b, lam * pixels), start, MAX_ITERATIONS[level], target,
+                                 TOLERANCE[level])
+    while True:
         problem = _Problem(operator, b, lam)
-        mse = problem.mse(problem.data(r) - problem.weighted_b())
-        too_smooth = (mse > noise_sigma**2).view_as(lam) & (lam > NOISY_SMOOTHNESS[1])
+        too_smooth = (problem.mse(problem.data(r) - problem.weighted_b()) > target).view_as(lam)
+        too_smooth &= lam > SMOOTHNESS[-1] * 1.5
         if not too_smooth.any():
-            break
+            return r
         lam = torch.where(too_smooth, lam / 10, lam)
-        r = _conjugate_gradients(_Problem(operator, b, lam), r, MAX_ITERATIONS[1], target)
-    return r
+        r = _conjugate_gradients(_Problem(operator, b, lam), r, MAX_ITERATIONS[1], target, TOLERANCE[1])
 
 
 # ------------------------------------------------------------------------------------ the driver

@@ -4,9 +4,8 @@ A layout (every field but ``items`` optional; defaults shown)::
 
     {
       "canvas": 512,                  # output size: S (square) or [H, W]
-      "seed": 0, "steps": 50, "guidance": "dps", "guidance_scale": 1.0, "eta": 1.0, "batch_size": 1,
-      "normalize": true, "max_grad_norm": null, "refine_steps": null, "refine_anchor": 0.03,
-      "keep_outside": false,  # Solver options
+      "seed": 0, "batch_size": 1,
+      "sampler": "dps", "steps": 50, "guidance_scale": 1.0, "eta": 1.0, ...,  # the solver's options
       "description": "free text",
       "items": [
         {"type": "clip", "prompt": "clouds", "box": [0.0, 0.0, 1.0, 0.4], "negative_prompts": ["fog"]},
@@ -16,6 +15,10 @@ A layout (every field but ``items`` optional; defaults shown)::
         {"type": "perceptual", "reference": "reference.png", "box": [0, 0, 0.5, 0.5], "net": "vgg"}
       ]
     }
+
+Every other top-level field is a solver option (:mod:`infd_solve.options`: ``sampler``, ``steps``,
+``refine_steps``, ``keep_outside``, ``consistency``, ... and the chosen sampler family's own, such as
+``guidance_scale`` and ``eta``), checked by the same table as :class:`~infd_solve.Solver`'s keywords.
 
 An item's ``type`` names a constraint class (its ``layout_type``; every built-in constraint and any subclass
 of :class:`~infd_solve.constraints.Constraint` that sets one), and its other fields are that class's
@@ -46,7 +49,7 @@ import difflib
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -58,11 +61,7 @@ from .rendering import MAX_CANVAS, check_size
 
 __all__ = ["LayoutError", "LayoutSettings", "LayoutContext", "parse_layout", "read_layout", "solve_layout"]
 
-TOP_FIELDS = ("canvas", "seed", "steps", "guidance", "guidance_scale", "eta", "batch_size", "normalize",
-              "max_grad_norm", "refine_steps", "refine_anchor", "keep_outside", "description", "items")
-SOLVER_FIELDS = {"steps": "steps", "guidance": "guidance", "guidance_scale": "scale", "eta": "eta",
-                 "normalize": "normalize", "max_grad_norm": "max_grad_norm", "refine_steps": "refine_steps",
-                 "refine_anchor": "refine_anchor", "keep_outside": "keep_outside"}
+LAYOUT_FIELDS = ("canvas", "seed", "batch_size", "description", "items")  # besides the solver's options
 ENTRY_POINT_GROUP = "infd_solve.constraints"  # entry point name: a layout type; value: its Constraint class
 MAX_ITEMS = 256
 
@@ -73,26 +72,33 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class LayoutSettings:
-    """Sampling settings of a layout (``canvas`` is ``(height, width)``)."""
+    """Sampling settings of a layout (``canvas`` is ``(height, width)``) and its solver options, every one of
+    them checked, defaults filled in (``settings.steps``, ``settings.sampler``, ...)."""
 
     canvas: tuple[int, int] = (512, 512)
     seed: int = 0
-    steps: int = 50
-    guidance: str = "dps"
-    guidance_scale: float = 1.0
-    eta: float = 1.0
     batch_size: int = 1
-    normalize: bool = True
-    max_grad_norm: float | None = None
-    refine_steps: int | None = None
-    refine_anchor: float = 0.03
-    keep_outside: bool = False
     description: str = ""
     source: Path | None = None
+    options: dict = field(default_factory=lambda: _solver_options({}))
+
+    def __getattr__(self, name):
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"'LayoutSettings' object has no attribute {name!r}")
 
     def solver_kwargs(self) -> dict:
         """Keyword arguments for :class:`infd_solve.Solver` (besides the model)."""
-        return {option: getattr(self, key) for key, option in SOLVER_FIELDS.items()}
+        return dict(self.options)
+
+
+def _solver_options(given: dict) -> dict:
+    from .solver import solver_options
+
+    options = solver_options(**given)
+    options.pop("timesteps")
+    return options
 
 
 @dataclass
@@ -154,12 +160,19 @@ def _where(message: str, fields) -> str | None:
 
 
 def _settings(obj: dict, source: Path | None) -> dict:
-    from .solver import check_options
+    from .options import OptionError
 
-    for key in obj:
-        if key not in TOP_FIELDS:
-            raise LayoutError(f"layout: {unknown_field(key, TOP_FIELDS)}")
+    given = {key: value for key, value in obj.items() if key not in LAYOUT_FIELDS}
     out: dict[str, Any] = {"source": source}
+    try:
+        out["options"] = _solver_options(given)
+    except OptionError as e:
+        if e.reason.startswith("unknown option"):
+            from .solver import option_names
+
+            allowed = [*LAYOUT_FIELDS, *option_names(given.get("sampler", "dps") if e.field != "sampler" else "dps")]
+            raise LayoutError(f"layout: {unknown_field(e.field, allowed)}") from None
+        raise LayoutError(str(e)) from None
     try:
         if "canvas" in obj:
             v = obj["canvas"]
@@ -173,18 +186,12 @@ def _settings(obj: dict, source: Path | None) -> dict:
             out["batch_size"] = checks.integer(obj["batch_size"], "batch_size", 1)
         if "description" in obj and not isinstance(obj["description"], str):
             raise ValueError(f"description must be a string, got {checks.shown(obj['description'])}")
-        given = {option: obj[key] for key, option in SOLVER_FIELDS.items() if key in obj}
-        options = check_options(**given)
     except ValueError as e:
         message = _first_line(e)
-        option = _where(message, [*TOP_FIELDS, *SOLVER_FIELDS.values()])
-        if option and message[len(option):len(option) + 1] in (" ", ":"):
-            message = message[len(option):].lstrip(" :")
-        name = {option: key for key, option in SOLVER_FIELDS.items()}.get(option, option)
+        name = _where(message, LAYOUT_FIELDS)
+        if name and message[len(name):len(name) + 1] in (" ", ":"):
+            message = message[len(name):].lstrip(" :")
         raise LayoutError(f"{name}: {message}" if name else message) from None
-    for key, option in SOLVER_FIELDS.items():
-        if key in obj:
-            out[key] = options[option]
     if "description" in obj:
         out["description"] = obj["description"]
     return out

@@ -64,7 +64,7 @@ def fraction(value, name):
 
 
 def count(value, name):
-    return checks.integer(value, name, 1, 100_000)
+    return checks.integer(value, name, 1)
 
 
 def _sampler_name(value, name):

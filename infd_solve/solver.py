@@ -88,6 +88,11 @@ def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
     return 4 * (20 * field + layers * renderer.hidden_channels * pixels) + 2**20
 
 
+def option_names(sampler: str = "dps") -> list[str]:
+    """The names of every option of a solve with the sampler family ``sampler``."""
+    return sorted(SOLVER_OPTIONS | get_sampler(sampler).options)
+
+
 def solver_options(model: INFDModel | None = None, **given) -> dict:
     """Every option of a solve (:mod:`infd_solve.options`: the solver's and the chosen sampler's), checked,
     with defaults; ``steps`` also against ``model``'s noise schedule. :class:`OptionError` names the option."""
@@ -190,7 +195,7 @@ class Solver:
         ``noise``. ``callback`` sees every step of the sampler (``phase="sample"``) and of the refinement
         (``phase="refine"``).
         """
-        constraints, batch_size, refine_steps = self._checked(constraints, batch_size, seed)
+        constraints, batch_size, seed, refine_steps = self._checked(constraints, batch_size, seed)
         model = self.model
         # the model decides device and dtype; every constraint follows it once, not on every step
         constraints = [c.to(model.device, model.dtype) for c in constraints]
@@ -207,8 +212,9 @@ class Solver:
             z = self._refine(z, constraints, keys, refine_steps, record)
         return self._result(model.unscale(z.detach()), sampled, constraints, history)
 
-    def _checked(self, constraints, batch_size, seed) -> tuple[list[Constraint], int, int]:
-        """The arguments of :meth:`solve`, checked before any work; and the refinement steps to run."""
+    def _checked(self, constraints, batch_size, seed) -> tuple[list[Constraint], int, int | None, int]:
+        """The arguments of :meth:`solve`, checked before any work (plain Python numbers); and the refinement
+        steps to run."""
         if isinstance(constraints, Constraint) or not isinstance(constraints, Sequence) or isinstance(constraints, str):
             raise ValueError(f"constraints must be a list of Constraint objects (wrap a single one in a list), "
                              f"got {type(constraints).__name__}")
@@ -218,7 +224,7 @@ class Solver:
                 raise ValueError(f"constraints must be Constraint objects, got {type(c).__name__}")
         batch_size = checks.integer(batch_size, "batch_size", 1)
         if seed is not None:  # sample i uses seed + i, and torch seeds are 64-bit
-            checks.integer(seed, "seed", 0, 2**64 - batch_size)
+            seed = checks.integer(seed, "seed", 0, 2**64 - batch_size)
         names = [c.name for c in constraints]
         if len(set(names)) != len(names):
             raise ValueError(f"constraint names must be unique (history is keyed by them), got {names}")
@@ -233,7 +239,7 @@ class Solver:
                 raise ValueError(f"constraint {c.name!r} holds {c.batch} observations but batch_size={batch_size}; "
                                  f"pass batch_size={c.batch}, or one observation")
         self._check_memory(constraints, batch_size)
-        return constraints, batch_size, self._refine_steps(constraints)
+        return constraints, batch_size, seed, self._refine_steps(constraints)
 
     def _refine_steps(self, constraints: list[Constraint]) -> int:
         refined, steps = any(c.refine for c in constraints), self.options["refine_steps"]

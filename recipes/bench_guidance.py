@@ -34,7 +34,7 @@ from infd_solve.constraints import ClipBox
 from infd_solve.io import atomic_path
 from infd_solve.profiling import (MB, PeakMemory, official_architecture, random_clip, synchronize,
                                   use_mmap_for_tensors)
-from infd_solve.sampling import sample_guided
+from infd_solve.samplers import Problem, get_sampler
 
 PROG = "bench_guidance.py"
 BOXES = {"clouds": (0.05, 0.02, 0.6, 0.35), "snowy mountains": (0.3, 0.3, 0.95, 0.65), "a lake": (0.0, 0.7, 0.7, 1.0)}
@@ -56,14 +56,15 @@ def crop_canvas(model, size):
     return patches
 
 
-def time_step(model, objective, mode, repeat):
+def time_step(model, objective, family, repeat):
+    """Seconds and peak MB of one guided step of the sampler ``family`` ("dps" or "mpgd")."""
     x = torch.randn(1, *model.config.z_shape, generator=torch.Generator().manual_seed(0)).to(model.device)
+    step = Problem(model.denoise, model.alphas_cumprod, [500], objective)
     times = []
     with PeakMemory(model.device) as memory:
         for _ in range(repeat):
             start = time.perf_counter()
-            sample_guided(model.denoise, x, model.alphas_cumprod, [500], objective, scale=1.0, mode=mode,
-                          eta=0.0, progress=False)
+            get_sampler(family).function(step, x, eta=0.0, progress=False)
             times.append(time.perf_counter() - start)
     return statistics.median(times), memory.peak / MB
 
@@ -107,8 +108,9 @@ def x0_on_architecture(model, constraints, repeat):
     """Seconds per guided step, DPS and x0, on ``model`` (one canvas size: neither depends on it), after one
     untimed step (a fresh large model's first step also pays for allocating its buffers)."""
     objective = infd_solve.Solver(model).objective(constraints)
-    time_step(model, objective, "x0", 1)
-    return {**{mode: time_step(model, objective, mode, repeat)[0] for mode in ("dps", "x0")},
+    time_step(model, objective, "mpgd", 1)
+    timed = {mode: time_step(model, objective, family, repeat)[0] for mode, family in (("dps", "dps"), ("x0", "mpgd"))}
+    return {**timed,
             "denoiser_seconds": denoiser_seconds(model, repeat)}
 
 
@@ -201,7 +203,7 @@ def time_guided_steps(args, device):
     hidden = model.config.renderer.hidden_channels
     rows = []
     for size in args.sizes:
-        for method, mode in (("region", "dps"), ("region-x0", "x0")):
+        for method, mode in (("region", "dps"), ("region-x0", "mpgd")):
             seconds, peak = time_step(model, solver.objective(constraints), mode, args.repeat)
             rows.append({"size": size, "method": method, "seconds": seconds, "peak_mb": peak})
         # ~10 live float32 maps of `hidden` channels per pixel for the renderer's backward pass

@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     start = time.time()
     overrides = parse_assignments(args.item, "--item")
-    options = {"scale": args.scale} | parse_assignments(args.solver, "--solver")
+    options = {"guidance_scale": args.scale} | parse_assignments(args.solver, "--solver")
     model = infd_solve.load_model(args.model)
     clip = load_clip(args.clip)
     judge = load_judge(args.judge)

@@ -53,8 +53,8 @@ BAD_LINES = [
     ({"task": "superres", "truth": "truth.png"}, "task must be one of 'sr', 'inpaint', 'deblur'"),
     ({"task": "sr", "truth": "truth.png", "sed": 1}, "unknown field 'sed' (did you mean 'seed'?)"),
     ({"task": "sr", "truth": "missing.png"}, "truth: no file at"),
-    ({"task": "sr", "truth": "truth.png", "steps": 0}, "steps must be an integer >= 1"),
-    ({"task": "sr", "truth": "truth.png", "guidance_scale": -1}, "guidance_scale must be a finite number >= 0"),
+    ({"task": "sr", "truth": "truth.png", "steps": 0}, "steps: must be an integer >= 1"),
+    ({"task": "sr", "truth": "truth.png", "guidance_scale": -1}, "guidance_scale: must be a finite number >= 0"),
     ({"task": "sr", "truth": "truth.png", "seed": -3}, "seed must be an integer >= 0"),
     ({"task": "sr", "truth": "truth.png", "operator": "render"}, "operator: 'render' has no camera"),
     ({"task": "inpaint", "truth": "truth.png"}, "exactly one of 'mask'"),
@@ -205,11 +205,11 @@ def test_the_unrefined_sample_is_the_sample_without_refinement(folder, gaussian_
     batch.run_jobs(jobs, tmp_path, runner, progress=False)
     refined, plain = tmp_path / "jobs" / "refined", tmp_path / "jobs" / "plain"
     assert (refined / "unrefined.png").read_bytes() == (plain / "output.png").read_bytes()
-    assert (refined / "output.png").read_bytes() != (plain / "output.png").read_bytes()
     record = json.loads((refined / "record.json").read_text())
-    before, after = record["unrefined"]["report"]["low-res"]["loss"][0], record["report"]["low-res"]["loss"][0]
-    assert after < before and "metrics" in record["unrefined"]
-    assert json.loads((plain / "record.json").read_text())["report"]["low-res"]["loss"][0] == pytest.approx(before)
+    # both outputs are made consistent with the observation; the model alone explains it better after refinement
+    before, after = record["unrefined"]["report"]["low-res"]["model_fit"][0], record["report"]["low-res"]["model_fit"][0]
+    assert after > before and "metrics" in record["unrefined"]
+    assert json.loads((plain / "record.json").read_text())["report"]["low-res"]["model_fit"][0] == pytest.approx(before)
 
 
 def test_command_line_errors(folder, capsys, one_thread):

@@ -169,6 +169,6 @@ def test_guidance_fits_a_blurred_observation(gaussian_model, one_thread, max_sid
     # guidance alone (no refinement, no data-consistency correction), at the default scale and weight
     options = {"refine_steps": 0, "consistency": False, "progress": False}
     guided = infd_solve.Solver(gaussian_model, **options).solve([c], seed=1)
-    plain = infd_solve.Solver(gaussian_model, scale=0.0, **options).solve([c], seed=1)
+    plain = infd_solve.Solver(gaussian_model, guidance_scale=0.0, **options).solve([c], seed=1)
     assert guided.history["loss"]["blur"][-1] < ratio * plain.history["loss"]["blur"][-1]
     assert guided.report()["blur"]["psnr"][0] > plain.report()["blur"]["psnr"][0] + 0.5

@@ -38,22 +38,25 @@ class ColourMix(Operator):
 
 # ------------------------------------------------------------------------------------------ the solve alone
 def test_a_hole_is_filled_harmonically_and_known_values_are_met():
-    """With a mask, the correction is exact on known pixels and, in the hole, the harmonic fill of the
-    residual: the same as an independent solver of Laplace's equation (red-black SOR)."""
+    """With a mask, the correction meets the known pixels (to 8-bit rounding) and, in the hole, is the harmonic
+    fill of the residual: the same as an independent solver of Laplace's equation (red-black SOR)."""
     image = scene_tensor(TEST_SEED_OFFSET + 21, 160)
     mask = torch.ones(1, 1, 160, 160)
     mask[..., 40:130, 30:110] = 0
     r = solve_residual(Mask(mask), image * mask)
-    assert _psnr(r, image, mask) > 70
-    assert (r - harmonic_fill(image, mask)).abs().max() < 2e-3
+    assert _psnr(r, image, mask) > 55
+    assert (r - harmonic_fill(image, mask)).abs().max() < 2 / 255
 
 
 @pytest.mark.parametrize("make", [lambda: Downsample((96, 96), (24, 24)), lambda: Downsample((80, 80), (16, 16), "bicubic"),
                                   lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)), lambda: ColourMix((40, 40))],
                          ids=["area", "bicubic", "blur", "user operator"])
 def test_any_linear_operator_is_explained(make):
+    """Whatever an image behind the observation was, the correction explains the observation up to 8-bit
+    rounding (the noise floor of the discrepancy principle)."""
     operator = make()
-    b = torch.rand(2, 3, *operator.output_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    behind = torch.rand(2, 3, *operator.input_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    b = operator(behind)
     r = solve_residual(operator, b)
     assert _psnr(operator(upsample(r, operator.input_size)), b) > 55
 

@@ -85,14 +85,14 @@ def test_solver_numbers_are_checked_where_they_enter(model, value):
             ok = False
         return ok
 
-    for option, low, high, strict in (("eta", 0, 1, False), ("scale", 0, 1e6, False),
+    for option, low, high, strict in (("eta", 0, 1, False), ("guidance_scale", 0, 1e6, False),
                                       ("max_grad_norm", 0, None, True), ("refine_lr", 0, None, True)):
         if option == "max_grad_norm" and value is None:
             continue
         if valid(value, low, high, strict):
             Solver(model, steps=2, **{option: value})
         else:
-            with pytest.raises(ValueError, match=f"^{option} must be a finite number"):
+            with pytest.raises(ValueError, match=f"^{option}: must be a finite number"):
                 Solver(model, steps=2, **{option: value})
 
 

@@ -17,10 +17,10 @@ from PIL import Image
 from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, MaskedObservation
 from infd_solve import checks
 from infd_solve.constraints import REGISTRY, Constraint
-from infd_solve.layout import TOP_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
-from infd_solve.solver import Solver
+from infd_solve.layout import LAYOUT_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
+from infd_solve.solver import Solver, option_names
 
-from .helpers import REPO, save_tiny_clip, tiny_model
+from .helpers import REPO, make_gaussian_model, save_tiny_clip, tiny_model
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -64,18 +64,19 @@ def error_of(layout, **kw) -> str:
 
 def test_minimal_layout_gets_the_defaults():
     s, cs = parse_layout({"items": [color()]})
-    solver_scale = inspect.signature(Solver).parameters["scale"].default  # a layout defaults to the Solver's
-    assert (s.canvas, s.seed, s.steps, s.guidance, s.guidance_scale, s.eta, s.batch_size) == (
-        (512, 512), 0, 50, "dps", solver_scale, 1.0, 1)
-    assert s.solver_kwargs() == {"steps": 50, "eta": 1.0, "guidance": "dps", "scale": solver_scale, "normalize": True,
-                                 "max_grad_norm": None, "refine_steps": None, "refine_anchor": 0.03,
-                                 "keep_outside": False}
+    assert (s.canvas, s.seed, s.steps, s.sampler, s.guidance_scale, s.eta, s.batch_size) == (
+        (512, 512), 0, 50, "dps", 1.0, 1.0, 1)
+    # a layout's options are the Solver's, with the Solver's defaults (one table: infd_solve.options)
+    assert s.solver_kwargs() == {"steps": 50, "sampler": "dps", "eta": 1.0, "guidance_scale": 1.0, "normalize": True,
+                                 "max_grad_norm": None, "refine_steps": None, "refine_lr": 0.05, "refine_anchor": 0.03,
+                                 "keep_outside": False, "consistency": True}
+    assert Solver(make_gaussian_model(), **s.solver_kwargs()).options == s.solver_kwargs()
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path):
     layout = {
-        "canvas": [96, 128], "seed": 3, "steps": 10, "guidance": "x0", "guidance_scale": 0.5, "eta": 0.0,
+        "canvas": [96, 128], "seed": 3, "steps": 10, "sampler": "mpgd", "guidance_scale": 0.5, "eta": 0.0,
         "batch_size": 2, "normalize": False, "max_grad_norm": 2.0, "refine_steps": 7, "refine_anchor": 0.5,
         "keep_outside": True,
         "description": "all types",
@@ -95,8 +96,9 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     with pytest.warns(UserWarning, match=r"items\[4\] \(lowres\): image \(small.png\).*alpha"):
         s, cs = parse_layout(path, clip=clip)
     assert s.canvas == (96, 128) and s.seed == 3 and s.batch_size == 2 and s.source == path.resolve()
-    assert s.solver_kwargs() == {"steps": 10, "eta": 0.0, "guidance": "x0", "scale": 0.5, "normalize": False,
-                                 "max_grad_norm": 2.0, "refine_steps": 7, "refine_anchor": 0.5, "keep_outside": True}
+    assert s.solver_kwargs() == {"steps": 10, "sampler": "mpgd", "eta": 0.0, "guidance_scale": 0.5, "normalize": False,
+                                 "max_grad_norm": 2.0, "refine_steps": 7, "refine_lr": 0.05, "refine_anchor": 0.5,
+                                 "keep_outside": True, "consistency": True}
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1
@@ -250,7 +252,8 @@ BAD = [
     ({"steps": 0, "items": [color()]}, ["steps: must be an integer >= 1"]),
     ({"steps": 999, "items": [color()]}, ["steps:", "cannot be spaced evenly"]),
     ({"seed": -1, "items": [color()]}, ["seed:"]),
-    ({"guidance": "cfg", "items": [color()]}, ["guidance: must be one of 'dps', 'x0'"]),
+    ({"sampler": "cfg", "items": [color()]}, ["sampler: 'cfg' is unknown; registered: daps, dps, mpgd, resample"]),
+    ({"sampler": "daps", "eta": 0.5, "items": [color()]}, ["layout: unknown field 'eta'", "langevin_steps"]),
     ({"guidance_scale": -1, "items": [color()]}, ["guidance_scale: must be a finite number >= 0"]),
     ({"scale": 1, "items": [color()]}, ["layout: unknown field 'scale'", "did you mean"]),
     ({"eta": 1.5, "items": [color()]}, ["eta: must be a finite number >= 0 and <= 1"]),
@@ -423,7 +426,7 @@ def test_random_polygons_give_a_covering_box_or_a_clear_error(points, position):
 @HYPOTHESIS
 @given(key=st.text(min_size=1, max_size=12), top=st.booleans(), kind=st.sampled_from(sorted(REGISTRY)))
 def test_unknown_fields_are_named_with_the_allowed_ones(key, top, kind):
-    allowed = TOP_FIELDS if top else REGISTRY[kind].layout_fields()
+    allowed = [*LAYOUT_FIELDS, *option_names("dps")] if top else REGISTRY[kind].layout_fields()
     assume(key != "type")
     assume(key not in allowed)
     if top:
@@ -441,13 +444,13 @@ def test_unknown_fields_are_named_with_the_allowed_ones(key, top, kind):
 @HYPOTHESIS
 @given(canvas=st.one_of(st.integers(1, 4096), st.lists(st.integers(1, 4096), min_size=2, max_size=2)),
        steps=st.sampled_from([1, 2, 10, 25, 50, 100, 250, 1000]), seed=st.integers(0, 2**31),
-       scale=st.floats(0, 100), guidance=st.sampled_from(["dps", "x0"]))
-def test_valid_settings_round_trip(canvas, steps, seed, scale, guidance):
+       scale=st.floats(0, 100), sampler=st.sampled_from(["dps", "mpgd", "daps", "resample"]))
+def test_valid_settings_round_trip(canvas, steps, seed, scale, sampler):
     s, _ = parse_layout({"canvas": canvas, "steps": steps, "seed": seed, "guidance_scale": scale,
-                         "guidance": guidance, "items": [color()]})
+                         "sampler": sampler, "items": [color()]})
     assert isinstance(s, LayoutSettings)
     assert s.canvas == ((canvas, canvas) if isinstance(canvas, int) else tuple(canvas))
-    assert (s.steps, s.seed, s.guidance_scale, s.guidance) == (steps, seed, scale, guidance)
+    assert (s.steps, s.seed, s.guidance_scale, s.sampler) == (steps, seed, scale, sampler)
 
 
 def test_error_messages_are_regex_safe_and_single_line():

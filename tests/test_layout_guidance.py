@@ -93,7 +93,7 @@ def test_solves_with_random_views_are_reproducible_and_a_sample_ignores_its_batc
 
     # float64 (model and CLIP), so that batched-vs-single rounding cannot hide views drawn per batch
     c = ClipBox("clouds", (0.0, 0.0, 0.5, 0.5), clip=make_tiny_clip(tmp_path), cutouts=3)
-    solver = Solver(copy.deepcopy(gaussian_model).double(), steps=3, scale=5.0, progress=False)
+    solver = Solver(copy.deepcopy(gaussian_model).double(), steps=3, guidance_scale=5.0, progress=False)
     first = solver.solve([c], batch_size=2, seed=5)
     torch.manual_seed(1)
     again = solver.solve([c], batch_size=2, seed=5)
@@ -141,8 +141,8 @@ def test_a_box_guidance_leaves_the_latent_outside_its_window_alone(gaussian_mode
     confined = ClipBox("clouds", box, clip=tiny_clip, margin=1)
     free = ClipBox("clouds", box, clip=tiny_clip, margin=None)
     window = confined.latent_region((8, 8)).bool()
-    plain = Solver(gaussian_model, steps=4, scale=0.0, progress=False).solve([confined], seed=2).latent
-    guided = Solver(gaussian_model, steps=4, scale=20.0, progress=False)
+    plain = Solver(gaussian_model, steps=4, guidance_scale=0.0, progress=False).solve([confined], seed=2).latent
+    guided = Solver(gaussian_model, steps=4, guidance_scale=20.0, progress=False)
     inside = guided.solve([confined], seed=2).latent
     everywhere = guided.solve([free], seed=2).latent
     assert (inside - plain)[..., ~window].abs().max().item() == 0.0
@@ -159,7 +159,7 @@ def test_keep_outside_leaves_the_rest_as_the_unguided_sample(tiny_clip, one_thre
     h, w = model.config.z_shape[1:]
     box = ClipBox("clouds", (0.0, 0.0, 0.5, 0.5), clip=tiny_clip, margin=0, weight=50.0)
     window = box.latent_region((h, w)).bool()
-    plain = Solver(model, steps=5, scale=0.0, progress=False).solve([box], seed=1).latent
+    plain = Solver(model, steps=5, guidance_scale=0.0, progress=False).solve([box], seed=1).latent
     kept = Solver(model, steps=5, keep_outside=True, progress=False).solve([box], seed=1).latent
     mixed = Solver(model, steps=5, progress=False).solve([box], seed=1).latent
     assert (kept - plain)[..., ~window].abs().max().item() == 0.0
@@ -171,17 +171,18 @@ def test_keep_outside_leaves_the_rest_as_the_unguided_sample(tiny_clip, one_thre
 
 
 def test_sampler_keep_mask_of_zeros_is_the_unguided_sample(gaussian_model):
-    from infd_solve.sampling import sample_guided
+    from infd_solve.samplers import Problem, dps
 
     x = torch.randn(2, *gaussian_model.config.z_shape, generator=torch.Generator().manual_seed(0))
     timesteps = [999, 666, 333, 0]
 
-    def objective(z0, i, t):
+    def objective(z0, i, t, normalize):
         return ((z0 - 3.0) ** 2).flatten(1).sum(1), {}
 
-    run = lambda scale, keep: sample_guided(  # noqa: E731
-        gaussian_model.denoise, x, gaussian_model.alphas_cumprod, timesteps, objective, scale,
-        generator=torch.Generator().manual_seed(1), progress=False, keep=keep)
+    def run(scale, keep):
+        problem = Problem(gaussian_model.denoise, gaussian_model.alphas_cumprod, timesteps, objective,
+                          torch.Generator().manual_seed(1), keep=keep)
+        return dps.dps(problem, x, guidance_scale=scale, progress=False)
     unguided = run(0.0, None)
     torch.testing.assert_close(run(1.0, torch.zeros(1)), unguided, rtol=0, atol=1e-6)
     assert (run(1.0, torch.ones(1)) - unguided).abs().max().item() > 1e-2

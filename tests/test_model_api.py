@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import infd_solve
-from infd_solve.sampling import ddim_timesteps
+from infd_solve.samplers.ddim import ddim_timesteps
 
 from .helpers import tiny_model
 

@@ -30,15 +30,20 @@ def final_loss(result, name):
     return result.history["loss"][name][-1]
 
 
-@pytest.mark.parametrize("guidance", ["dps", "x0"])
+# the guidance scale at which each family moves this random model's brightness (the families' scales differ)
+FAMILY_SCALES = {"dps": 20.0, "mpgd": 20.0, "daps": 3.0, "resample": 5.0}
+
+
+@pytest.mark.parametrize("guidance", list(FAMILY_SCALES))
 @pytest.mark.parametrize("steps", [25, pytest.param(200, marks=pytest.mark.slow)])
 def test_guidance_lowers_the_loss_against_unguided(gaussian_model, guidance, steps):
-    """DDIM at few and at many steps, both guidance modes, same seeds with and without guidance."""
+    """Every sampler family at few and at many steps, same seeds with and without guidance."""
     box = (0.25, 0.25, 0.75, 0.75)
-    plain = Solver(gaussian_model, steps=steps, guidance=guidance, scale=0.0, progress=False)
+    plain = Solver(gaussian_model, steps=steps, sampler=guidance, guidance_scale=0.0, progress=False)
     unguided = plain.solve([Brightness(0.0, box)], batch_size=3, seed=7)
     target = float(unguided.render((16, 16), box).mean()) + 0.3  # reachable by this random decoder
-    g = Solver(gaussian_model, steps=steps, guidance=guidance, scale=20.0, progress=False).solve(
+    g = Solver(gaussian_model, steps=steps, sampler=guidance, guidance_scale=FAMILY_SCALES[guidance],
+               progress=False).solve(
         [Brightness(target, box)], batch_size=3, seed=7)
     p = plain.solve([Brightness(target, box)], batch_size=3, seed=7)
     assert torch.isfinite(g.latent).all() and g.latent.abs().max() < 10  # the prior is kept
@@ -51,7 +56,7 @@ def test_sample_does_not_depend_on_its_batch(gaussian_model):
     single convolutions (~1e-7 in float32, amplified by the large guidance steps) cannot hide a real one."""
     import copy
 
-    solver = Solver(copy.deepcopy(gaussian_model).double(), steps=10, scale=20.0, progress=False)
+    solver = Solver(copy.deepcopy(gaussian_model).double(), steps=10, guidance_scale=20.0, progress=False)
     cs = [ColorMatch("#3366cc", (0.1, 0.1, 0.5, 0.5)), Brightness(-0.5, (0.5, 0.5, 1.0, 1.0))]
     batch = solver.solve(cs, batch_size=3, seed=11)
     alone = solver.solve(cs, batch_size=1, seed=13)  # sample 2 of the batch is seeded 11 + 2
@@ -70,8 +75,8 @@ def test_refinement_fits_the_observation_and_keeps_samples_independent(gaussian_
         low = model.render(model.decode(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3),
                                                     dtype=torch.float64)), (8, 8))
     c = LowResObservation(low.float(), operator="render")
-    sampled = Solver(model, steps=10, scale=2.0, progress=False).solve([c], batch_size=2, seed=5)
-    refined = Solver(model, steps=10, scale=2.0, refine_steps=30, progress=False)
+    sampled = Solver(model, steps=10, guidance_scale=2.0, progress=False).solve([c], batch_size=2, seed=5)
+    refined = Solver(model, steps=10, guidance_scale=2.0, refine_steps=30, progress=False)
     batch = refined.solve([c], batch_size=2, seed=5)
     alone = refined.solve([c], batch_size=1, seed=6)
     losses = batch.history["loss"][c.name]
@@ -86,7 +91,7 @@ def test_refinement_fits_the_observation_and_keeps_samples_independent(gaussian_
 
 def test_history_active_window_and_timing(local_model):
     late = Brightness(0.5, (0, 0, 1, 1), active=(0, 300), name="late")
-    result = Solver(local_model, steps=10, scale=0.05, progress=False).solve([late], seed=0)
+    result = Solver(local_model, steps=10, guidance_scale=0.05, progress=False).solve([late], seed=0)
     ts = result.history["timesteps"]
     assert ts == list(range(900, -1, -100))
     assert all((v is None) == (t > 300) for v, t in zip(result.history["loss"]["late"], ts))
@@ -101,7 +106,7 @@ def test_loss_plot_keeps_exact_fits(local_model, tmp_path, monkeypatch):
     """A loss of exactly 0 (an exact fit) would vanish from a log axis; the plot switches to symlog."""
     import infd_solve.viz
 
-    result = Solver(local_model, steps=3, scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))], seed=0)
+    result = Solver(local_model, steps=3, guidance_scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))], seed=0)
     scales = []
     save = infd_solve.viz.save_figure
     monkeypatch.setattr(infd_solve.viz, "save_figure",
@@ -121,21 +126,21 @@ def test_nan_loss_is_skipped_and_reported(local_model):
             loss = patch.square().mean((1, 2, 3))
             return loss * torch.tensor([float("nan"), 1.0]) if Flaky.calls == 2 else loss
 
-    result = Solver(local_model, steps=5, scale=0.05, progress=False).solve([Flaky(size=8)], batch_size=2, seed=0)
+    result = Solver(local_model, steps=5, guidance_scale=0.05, progress=False).solve([Flaky(size=8)], batch_size=2, seed=0)
     assert torch.isfinite(result.latent).all()
     assert result.history["skipped"] == [[], [0], [], [], []]
 
 
 def test_what_a_constraint_sees_vs_the_delivered_image(local_model, normalized_model):
     cs = [Brightness(0.5, (0.25, 0.5, 0.75, 0.75)), ColorMatch("#ffffff", (0.0, 0.0, 0.5, 0.5), size=(20, 20))]
-    local = Solver(local_model, steps=5, scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
+    local = Solver(local_model, steps=5, guidance_scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
     assert all(torch.isinf(v).all() or (v > 100).all() for v in local.values())  # exactly the final pixels
-    official = Solver(normalized_model, steps=5, scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
+    official = Solver(normalized_model, steps=5, guidance_scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
     assert all((v < 60).all() for v in official.values())  # GroupNorm over each grid: a real, measured gap
 
 
 def test_result_render_and_save(local_model, tmp_path):
-    result = Solver(local_model, steps=3, scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))],
+    result = Solver(local_model, steps=3, guidance_scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))],
                                                                           batch_size=2, seed=0)
     paths = result.save(tmp_path / "out.png", size=(48, 40), tile=16)
     assert [p.name for p in paths] == ["out_0.png", "out_1.png"]
@@ -151,8 +156,8 @@ def test_result_render_and_save(local_model, tmp_path):
 def test_clip_box_with_real_open_clip_model(gaussian_model, tiny_clip):
     clip_box = ClipBox("snowy mountains", (0.0, 0.0, 0.5, 0.5), clip=tiny_clip, negative_prompts=["a lake"])
     assert clip_box.size == (32, 32)
-    guided = Solver(gaussian_model, steps=10, scale=20.0, progress=False).solve([clip_box], batch_size=2, seed=3)
-    plain = Solver(gaussian_model, steps=10, scale=0.0, progress=False).solve([clip_box], batch_size=2, seed=3)
+    guided = Solver(gaussian_model, steps=10, guidance_scale=20.0, progress=False).solve([clip_box], batch_size=2, seed=3)
+    plain = Solver(gaussian_model, steps=10, guidance_scale=0.0, progress=False).solve([clip_box], batch_size=2, seed=3)
     sim = lambda r: clip_box.similarity(r.render((32, 32), clip_box.box))
     assert (sim(guided) > sim(plain)).all()
 
@@ -189,8 +194,8 @@ def test_clip_box_rejects_bad_canvas_and_view_limit(tiny_clip):
 def test_guidance_on_a_wide_clip_box_raises_its_score(gaussian_model, tiny_clip):
     c = ClipBox("snowy mountains", (0.0, 0.25, 1.0, 0.75), clip=tiny_clip)
     assert c.views == 2
-    guided = Solver(gaussian_model, steps=10, scale=20.0, progress=False).solve([c], batch_size=2, seed=3)
-    plain = Solver(gaussian_model, steps=10, scale=0.0, progress=False).solve([c], batch_size=2, seed=3)
+    guided = Solver(gaussian_model, steps=10, guidance_scale=20.0, progress=False).solve([c], batch_size=2, seed=3)
+    plain = Solver(gaussian_model, steps=10, guidance_scale=0.0, progress=False).solve([c], batch_size=2, seed=3)
     sim = lambda r: c.similarity(r.render(c.size, c.box))
     assert (sim(guided) > sim(plain)).all()
 
@@ -208,7 +213,7 @@ def test_inpainting_and_super_resolution_observations_are_met(gaussian_model):
     for c in cases:
         # guidance alone (no refinement), at the default scale and weights
         guided = Solver(gaussian_model, refine_steps=0, progress=False).solve([c], seed=1)
-        plain = Solver(gaussian_model, scale=0.0, refine_steps=0, progress=False).solve([c], seed=1)
+        plain = Solver(gaussian_model, guidance_scale=0.0, refine_steps=0, progress=False).solve([c], seed=1)
         assert final_loss(guided, c.name) < 0.5 * final_loss(plain, c.name), c.name
 
 
@@ -332,7 +337,7 @@ def test_autocast_checkpointing_and_compile_keep_the_solution_close(gaussian_mod
     torch.testing.assert_close(same.latent, base.latent, rtol=1e-4, atol=1e-5)
     # bfloat16 changes the path (the noise prediction is amplified at high noise levels), not the goal
     low = Solver(gaussian_model, steps=5, autocast=torch.bfloat16, progress=False).solve([c], seed=0)
-    plain = Solver(gaussian_model, steps=5, scale=0, progress=False).solve([c], seed=0)
+    plain = Solver(gaussian_model, steps=5, guidance_scale=0, progress=False).solve([c], seed=0)
     assert low.latent.dtype == torch.float32  # the update stays in the model's precision
     assert final_loss(low, c.name) < final_loss(plain, c.name)
     assert final_loss(low, c.name) == pytest.approx(final_loss(base, c.name), rel=0.05)

@@ -106,6 +106,12 @@ def user_errors(prog: str) -> Iterator[None]:
             fail(prog, "interrupted; every file written so far is complete, none is half-written", 130)
 
 
+def print_notes(result, prog: str) -> None:
+    """The result's notes (:meth:`infd_solve.Result.notes`) as ``PROG: note: ...`` lines on stderr."""
+    for note in result.notes():
+        print(f"{prog}: note: {_printable(note)}", file=sys.stderr)
+
+
 def guidance_failures(result, prog: str) -> None:
     """Exit with code 3 (after the outputs are written) when some constraint never guided some sample."""
     failed = {name: samples for name, samples in result.never_guided().items() if samples}
@@ -114,39 +120,81 @@ def guidance_failures(result, prog: str) -> None:
              + ": its loss or gradient was never finite; the outputs show unguided samples", 3)
 
 
-def add_solver_arguments(parser) -> None:
-    """The flags every guided recipe shares: model, steps, seed, guidance, eta, tiling, device, progress."""
-    from ..sampling import GUIDANCE_MODES
+OPTION_FLAGS = ("sampler", "steps", "guidance_scale", "eta", "refine_steps")  # solver options with flags of their own
 
-    parser.add_argument("--model", default="default",
-                        help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
-    parser.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--guidance", choices=GUIDANCE_MODES, default="dps", help="guidance mode (default dps)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="global guidance step size, times each constraint's weight (default 1)")
-    parser.add_argument("--refine-steps", type=int, default=None,
-                        help="data-consistency optimization steps on the final latent (default: 100 for "
-                             "observations, none for CLIP boxes)")
-    parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0)")
-    parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+def _option_value(text: str):
+    """A flag's value as JSON (numbers, true/false/null), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add_solver_arguments(parser, overrides: bool = False) -> None:
+    """The flags that set solver options (:mod:`infd_solve.options`, their help from there): ``--sampler``,
+    ``--steps``, ``--guidance-scale``, ``--eta``, ``--refine-steps``, and ``--option KEY=VALUE`` for any other
+    (repeatable: a sampler family's own, ``keep_outside``, ``consistency``, ...). ``overrides``: they override
+    a layout's (the help says so)."""
+    from ..options import SOLVER_OPTIONS
+    from ..samplers.base import ETA, GUIDANCE_SCALE
+
+    known = SOLVER_OPTIONS | {o.name: o for o in (GUIDANCE_SCALE, ETA)}
+    for name in OPTION_FLAGS:
+        option = known[name]
+        default = "the layout's" if overrides else f"{option.default}"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_value, default=None,
+                            metavar=name.upper(), help=f"{option.help} (default: {default})")
+    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other solver option, e.g. --option keep_outside=true --option langevin_steps=8 "
+                             "(repeatable; names: infd_solve.options and the sampler family's)")
+
+
+def given_options(args) -> dict:
+    """The solver options set by the flags of :func:`add_solver_arguments`, checked (``OptionError`` names the
+    flag as the user typed it)."""
+    from ..options import OptionError
+    from ..solver import solver_options
+
+    given = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
+    given |= parse_assignments(args.options, "--option")
+    try:
+        solver_options(**given)
+    except OptionError as e:
+        flag = f"--{e.field.replace('_', '-')}" if e.field in OPTION_FLAGS else f"--option {e.field}"
+        raise ValueError(f"{flag}: {e.reason}") from None
+    return given
+
+
+def options_summary(args) -> str:
+    """``"50 steps of dps"``: what the solve will do, for a command's header line."""
+    from ..solver import solver_options
+
+    options = solver_options(**args.solver_options)
+    return f"{options['steps']} steps of {options['sampler']}"
 
 
 def check_solver_arguments(parser, args) -> None:
-    """Refuse bad values of the :func:`add_solver_arguments` flags with argparse's usage error (exit 2)."""
-    import math
+    """Refuse bad solver options and flags before any work, with argparse's usage error (exit 2)."""
+    if args.tile <= 0:
+        parser.error(f"--tile must be positive, got {args.tile}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    try:
+        args.solver_options = given_options(args)
+    except ValueError as e:
+        parser.error(str(e))
 
-    for name, value in (("--steps", args.steps), ("--tile", args.tile)):
-        if value <= 0:
-            parser.error(f"{name} must be positive, got {value}")
-    for name, value in (("--seed", args.seed), ("--refine-steps", args.refine_steps)):
-        if value is not None and value < 0:
-            parser.error(f"{name} must be >= 0, got {value}")
-    for name, value in (("--eta", args.eta), ("--guidance-scale", args.guidance_scale)):
-        if not math.isfinite(value) or value < 0:
-            parser.error(f"{name} must be a finite number >= 0, got {value}")
+
+def add_run_arguments(parser) -> None:
+    """The model, seed, tiling, device and progress flags of the observation commands."""
+    parser.add_argument("--model", default="default",
+                        help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_solver_arguments(parser)
 
 
 def add_import_argument(parser) -> None:
@@ -155,7 +203,8 @@ def add_import_argument(parser) -> None:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                         help="import this module (a name, found in the working directory or on the Python path, "
                              "or a .py file) before reading layouts, so the Constraint classes it defines (with "
-                             "a layout_type) can be layout items; repeatable")
+                             "a layout_type) can be layout items and the sampler families it registers can be "
+                             "used; repeatable")
 
 
 def import_user_modules(specs) -> None:
@@ -205,11 +254,8 @@ def parse_assignments(pairs, option: str) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"{option} takes KEY=JSON, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+            raise ValueError(f"{option} takes KEY=VALUE, got {pair!r}")
+        out[key] = _option_value(value)
     return out
 
 
@@ -249,11 +295,11 @@ def load_sampling_model(path, device=None):
 
 
 def solver_from_arguments(model, args):
-    """A :class:`~infd_solve.Solver` from the flags of :func:`add_solver_arguments`."""
+    """A :class:`~infd_solve.Solver` from the flags of :func:`add_run_arguments` (checked by
+    :func:`check_solver_arguments`)."""
     from ..solver import Solver
 
-    return Solver(model, steps=args.steps, eta=args.eta, guidance=args.guidance, scale=args.guidance_scale,
-                  refine_steps=args.refine_steps, progress=not args.no_progress)
+    return Solver(model, **args.solver_options, progress=not args.no_progress)
 
 
 def model_path(name_or_path: str) -> Path:
@@ -281,6 +327,7 @@ def solve_observation(args, model, constraint, canvas) -> tuple:
     result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
     written = result.save(args.out_path, canvas, tile=args.tile)
     print(written[0])
+    print_notes(result, args.prog)
     return result, written, result.report()[constraint.name]["psnr"][0]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
+from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
                new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-inpaint"
@@ -43,7 +43,7 @@ def build_parser(prog: str = PROG):
     p.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                    help="where the image lies on the canvas, in fractions (default: the whole canvas)")
     p.add_argument("--size", type=int, default=None, help="output canvas side (default: the image's pixel density)")
-    add_solver_arguments(p)
+    add_run_arguments(p)
     return p
 
 
@@ -87,7 +87,7 @@ def run(parser, args) -> dict:
         print(f"{args.prog}: note: every pixel of the image is known (nothing to fill)", file=sys.stderr)
 
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
-          f"{canvas[0]}x{canvas[1]}, {args.steps} steps, seed {args.seed}")
+          f"{canvas[0]}x{canvas[1]}, {options_summary(args)}, seed {args.seed}")
     result, written, value = solve_observation(args, model, constraint, canvas)
     print(f"known-region PSNR: {value:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
     with torch.no_grad():

@@ -8,8 +8,9 @@ Usage::
     infd-layout bright_layout.json -o out.png --import my_constraints.py
 
 The layout is a JSON file (format: :mod:`infd_solve.layout`; boxes ``[x0, y0, x1, y1]`` in canvas fractions,
-origin top left). ``--steps``, ``--seed``, ``--canvas``, ``--guidance-scale``, ``--guidance`` and
-``--batch-size`` override the layout's values. An item type of your own (a ``Constraint`` subclass with a
+origin top left). ``--seed``, ``--canvas``, ``--batch-size`` and the solver options (``--sampler``,
+``--steps``, ``--guidance-scale``, ``--eta``, ``--refine-steps``, ``--option KEY=VALUE``) override the layout's
+values. An item type of your own (a ``Constraint`` subclass with a
 ``layout_type``) is found by ``--import MODULE_OR_FILE`` (repeatable), or with no option when its package
 declares it as an ``infd_solve.constraints`` entry point (see :mod:`infd_solve.layout`). Writes:
 
@@ -29,15 +30,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_import_argument, exit_status, guidance_failures, import_user_modules, load_sampling_model,
-               model_path, new_parser, output_path, plural, resolve_device, run_command)
+from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures, print_notes,
+               import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device, run_command)
 
 PROG = "infd-layout"
 
 
 def build_parser(prog: str = PROG):
-    from ..sampling import GUIDANCE_MODES
-
     p = new_parser(prog, __doc__)
     p.add_argument("layout", help="layout JSON file")
     p.add_argument("-o", "--out", default=None, help="output image (default outputs/LAYOUT_NAME.png)")
@@ -45,16 +44,14 @@ def build_parser(prog: str = PROG):
                    help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')
     p.add_argument("--clip", default="default",
                    help='CLIP for "clip" items: "default" (the shipped domain CLIP) or an open_clip directory')
-    p.add_argument("--steps", type=int, default=None, help="override the layout's DDIM steps")
     p.add_argument("--seed", type=int, default=None, help="override the layout's seed (sample i uses seed + i)")
     p.add_argument("--canvas", type=int, nargs="+", default=None, metavar="S",
                    help="override the canvas size: S (square) or H W")
-    p.add_argument("--guidance-scale", type=float, default=None, help="override the layout's guidance scale")
-    p.add_argument("--guidance", choices=GUIDANCE_MODES, default=None, help="override the layout's guidance mode")
     p.add_argument("--batch-size", type=int, default=None, help="override the layout's batch size")
     p.add_argument("--tile", type=int, default=256, help="render tile size for the final image (default 256)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_solver_arguments(p, overrides=True)
     add_import_argument(p)
     return p
 
@@ -65,10 +62,10 @@ def _overrides(parser, args, obj: dict) -> dict:
         if len(args.canvas) not in (1, 2):
             parser.error(f"--canvas takes S or H W, got {len(args.canvas)} numbers")
         obj["canvas"] = args.canvas[0] if len(args.canvas) == 1 else list(args.canvas)
-    for key in ("steps", "seed", "guidance_scale", "guidance", "batch_size"):
+    for key in ("seed", "batch_size"):
         if getattr(args, key) is not None:
             obj[key] = getattr(args, key)
-    return obj
+    return obj | given_options(args)
 
 
 def _print_report(result) -> dict:
@@ -91,8 +88,8 @@ def run(parser, args) -> dict:
     if args.tile <= 0:
         parser.error(f"--tile must be positive, got {args.tile}")
     layout_path = Path(args.layout)
+    import_user_modules(args.imports)  # first: they may define the sampler family the options name
     obj = _overrides(parser, args, read_layout(layout_path))
-    import_user_modules(args.imports)
     model_file = model_path(args.model)  # a missing shipped model fails here, before any work
     device = resolve_device(args.device)
     settings, constraints = parse_layout(obj, clip=args.clip, base_dir=layout_path.resolve().parent, device=device)
@@ -108,7 +105,7 @@ def run(parser, args) -> dict:
     model = load_sampling_model(model_file, device)
     h, w = settings.canvas
     print(f"{layout_path.name}: {plural(len(constraints), 'constraint')}, canvas {h}x{w}, {settings.steps} steps "
-          f"({settings.guidance}, guidance scale {settings.guidance_scale:g}), seed {settings.seed}, "
+          f"({settings.sampler}), seed {settings.seed}, "
           f"batch {settings.batch_size}")
     solver = Solver(model, **settings.solver_kwargs(), progress=not args.no_progress)
     result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed)
@@ -117,6 +114,7 @@ def run(parser, args) -> dict:
     for p in written:
         print(p)
     report = {"measures": _print_report(result)}
+    print_notes(result, args.prog)
     written.append(plot_layout(written[: settings.batch_size], settings.canvas, constraints, overlay))
     print(written[-1])
     written.append(result.plot_losses(losses))

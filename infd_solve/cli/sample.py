@@ -60,7 +60,7 @@ def build_parser(prog: str = PROG):
 
 def _check_args(parser, args) -> tuple[int, int]:
     from ..rendering import check_size
-    from ..sampling import ddim_timesteps
+    from ..samplers.ddim import ddim_timesteps
 
     if len(args.size) not in (1, 2):
         parser.error(f"--size takes S or H W, got {len(args.size)} numbers")
@@ -84,7 +84,7 @@ def run(parser, args) -> dict:
     from tqdm.auto import tqdm
 
     from ..io import image_grid, refuse_overwriting_inputs, save_image, write_png
-    from ..sampling import ddim_timesteps
+    from ..samplers.ddim import ddim_timesteps
 
     size = _check_args(parser, args)
     out_dir = Path(args.out)

@@ -28,7 +28,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import (add_solver_arguments, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
+from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
                new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-sr"
@@ -51,7 +51,7 @@ def build_parser(prog: str = PROG):
     p.add_argument("--noise-sigma", type=float, default=0.0,
                    help="observation noise std in [-1, 1] units (default 0)")
     p.add_argument("--crop", action="store_true", help="centre-crop a non-square input to its short side")
-    add_solver_arguments(p)
+    add_run_arguments(p)
     return p
 
 
@@ -93,7 +93,7 @@ def run(parser, args) -> dict:
     model = load_sampling_model(model_file, args.device)  # the model and --device are checked before any output
 
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
-          f"noise sigma {args.noise_sigma:g}, {args.steps} steps, seed {args.seed}")
+          f"noise sigma {args.noise_sigma:g}, {options_summary(args)}, seed {args.seed}")
     result, written, value = solve_observation(args, model, constraint, (size, size))
     print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {value:.2f} dB "
           f"on the {n}x{n} input grid")

@@ -14,7 +14,6 @@ from torch import nn
 
 from .. import rendering
 from ..io import atomic_directory
-from ..sampling import Generator, ddim_timesteps, initial_noise, sample_ddim
 from .autoencoder import ConvStackConfig, FieldDecoder, FieldEncoder, Quantizer
 from .renderer import CLIFRenderer, RendererConfig
 
@@ -198,21 +197,26 @@ class INFDModel(nn.Module):
     def sample(
         self,
         batch_size: int,
-        steps: int = 200,
+        steps: int | None = None,
         eta: float | None = None,
-        generator: Generator = None,
+        generator=None,
         noise: torch.Tensor | None = None,
         callback: Callable[[dict], None] | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """Unconditional DDIM samples (latents ``z0``, in encoder units); decode and render them to get images.
+        (:func:`infd_solve.samplers.sample_ddim` over this model's denoiser.)
 
-        ``eta`` defaults to the checkpoint's (official: 1.0). ``generator`` may be one generator or one per
+        ``steps`` defaults to the solver's (:data:`infd_solve.options.DEFAULT_STEPS`); ``eta`` to the
+        checkpoint's (official: 1.0). ``generator`` may be one generator or one per
         sample; ``noise`` (B x C x h x w) fixes the start.
         """
         from .. import checks
+        from ..options import DEFAULT_STEPS
+        from ..samplers.ddim import ddim_timesteps, initial_noise, sample_ddim
 
         self._require_unet()
+        steps = DEFAULT_STEPS if steps is None else steps
         batch_size = checks.integer(batch_size, "batch_size", 1)
         eta = self.config.ddim_eta if eta is None else checks.number(eta, "eta", 0.0, 1.0)
         x = initial_noise((batch_size, *self.config.z_shape), generator, noise, self.device, self.dtype)

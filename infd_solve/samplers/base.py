@@ -11,7 +11,8 @@ A sampler family is one function::
 Its keyword-only options are declared as :class:`~infd_solve.options.Option` objects, so the solver, layouts,
 batch jobs and the commands check and document them from one place. ``callback`` receives a dict per step
 with ``phase`` (``"sample"``), ``i``, ``t``, ``x``, ``x0``, ``loss``, ``terms`` and ``skipped`` (the samples
-whose guidance was dropped that step because a loss or gradient was not finite).
+whose guidance was dropped that step because a loss or gradient was not finite); gradient-guided families add
+``grad_norm``.
 """
 
 from __future__ import annotations

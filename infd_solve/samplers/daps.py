@@ -14,12 +14,12 @@ from ..options import Option, fraction, positive
 from .base import GUIDANCE_SCALE, Problem, confined, gradient, register_sampler, report
 from .ddim import ddim_step, noise_like, predict_x0
 
+DATA_WEIGHT = 3e5  # the measurement term's weight at guidance_scale 1 (a likelihood's 1 / (2 noise^2), per value)
 ODE_STEPS = Option("ode_steps", 2, lambda v, n: checks.integer(v, n, 1, 100),
                    "DAPS: denoiser steps of the deterministic solve to the clean estimate at each level")
 LANGEVIN_STEPS = Option("langevin_steps", 6, lambda v, n: checks.integer(v, n, 0, 10_000),
                         "DAPS: Langevin steps on the clean latent at each level")
-LANGEVIN_LR = Option("langevin_lr", 0.3, fraction,
-                     "DAPS: Langevin step size, as a share of the prior variance at the level")
+LANGEVIN_LR = Option("langevin_lr", 1e-3, fraction, "DAPS: the Langevin step size at the first level")
 LR_MIN_RATIO = Option("lr_min_ratio", 0.1, positive, "DAPS: the step size's decay over the levels (last / first)")
 
 
@@ -36,9 +36,9 @@ def _clean_estimate(problem: Problem, x: torch.Tensor, t: int, ode_steps: int) -
 
 
 def _langevin(problem, x0_hat, i, t, sigma, steps, lr, scale, generator):
-    """Langevin dynamics on the clean latent for ``N(x0_hat, sigma^2) * exp(-scale * loss)``; the prior's
-    variance sets the step, so the prior alone is sampled exactly in the limit of small steps."""
-    x, step = x0_hat.clone(), lr * sigma**2
+    """Langevin dynamics on the clean latent for ``N(x0_hat, sigma^2) * exp(-scale * loss)``, with step ``lr``
+    (at most half the prior's variance, which keeps the prior's pull stable at the lowest levels)."""
+    x, step = x0_hat.clone(), min(lr, sigma**2 / 2)
     loss, terms, skipped = x.new_zeros(x.shape[0]), {}, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):
         with torch.enable_grad():
@@ -53,12 +53,12 @@ def _langevin(problem, x0_hat, i, t, sigma, steps, lr, scale, generator):
 
 @register_sampler("daps", options=[GUIDANCE_SCALE, ODE_STEPS, LANGEVIN_STEPS, LANGEVIN_LR, LR_MIN_RATIO])
 def daps(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, ode_steps: int = 2,
-         langevin_steps: int = 6, langevin_lr: float = 0.3, lr_min_ratio: float = 0.1, callback=None,
+         langevin_steps: int = 6, langevin_lr: float = 1e-3, lr_min_ratio: float = 0.1, callback=None,
          progress: bool = True) -> torch.Tensor:
     """DAPS: at each level ``t`` (the ``problem.timesteps``), the clean estimate from ``ode_steps`` DDIM
     steps, ``langevin_steps`` Langevin steps on the clean latent under ``N(estimate, sigma_t^2)`` (sigma_t:
-    the level's noise in clean-latent units) times the measurement's ``exp(-guidance_scale * 1000 * loss)``
-    (the constraints' weighted losses, not normalized), then fresh noise to the next level."""
+    the level's noise in clean-latent units) times the measurement's ``exp(-guidance_scale * DATA_WEIGHT *
+    loss)`` (the constraints' weighted losses, not normalized), then fresh noise to the next level."""
     if problem.keep is not None:
         raise ValueError("sampler 'daps' does not support keep_outside; use dps or mpgd")
     levels = len(problem.timesteps)
@@ -67,7 +67,7 @@ def daps(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, ode_
         sigma = ((1 - a) / a) ** 0.5
         decay = 1 + (lr_min_ratio - 1) * i / max(1, levels - 1)
         x0, loss, terms, skipped = _langevin(problem, x0_hat, i, t, sigma, langevin_steps, langevin_lr * decay,
-                                             1000 * guidance_scale, problem.generator)
+                                             DATA_WEIGHT * guidance_scale, problem.generator)
         if a_prev < 1:
             x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise_like(x.shape, problem.generator, x.device, x.dtype)
         else:

@@ -36,5 +36,6 @@ def dps(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, eta: 
         x = ddim_step(x0.detach(), eps.detach(), a, a_prev, eta, noise) - guidance_scale * min(stride, MAX_STRIDE) * grad
         if unguided is not None:
             x = unguided.step(x, t, a, a_prev, eta, noise)
-        report(callback, i=i, t=t, x=x, x0=x0.detach(), loss=loss.detach(), terms=terms, skipped=skipped)
+        report(callback, i=i, t=t, x=x, x0=x0.detach(), loss=loss.detach(), terms=terms, skipped=skipped,
+               grad_norm=grad.flatten(1).norm(dim=1))
     return x

@@ -33,5 +33,6 @@ def mpgd(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, eta:
         x = ddim_step(x0, eps, a, a_prev, eta, noise)
         if unguided is not None:
             x = unguided.step(x, t, a, a_prev, eta, noise)
-        report(callback, i=i, t=t, x=x, x0=x0, loss=loss.detach(), terms=terms, skipped=skipped)
+        report(callback, i=i, t=t, x=x, x0=x0, loss=loss.detach(), terms=terms, skipped=skipped,
+               grad_norm=grad.flatten(1).norm(dim=1))
     return x

@@ -34,15 +34,24 @@ def _fit(problem: Problem, x0: torch.Tensor, i: int, t: int, steps: int, lr: flo
     return x.detach(), loss.detach(), terms, skipped
 
 
+def _resampled(problem: Problem, fitted, unconditional, a: float, a_prev: float, gamma: float) -> torch.Tensor:
+    """Stochastic resampling (their eq. 13): between the fitted latent noised to ``a_prev`` and the
+    unconditional sample there."""
+    s2 = gamma * (1 - a_prev) / a * (1 - a / a_prev)
+    mean = (s2 * a_prev**0.5 * fitted + (1 - a_prev) * unconditional) / (s2 + 1 - a_prev)
+    std = (s2 * (1 - a_prev) / (s2 + 1 - a_prev)) ** 0.5
+    return mean + std * noise_like(unconditional.shape, problem.generator, unconditional.device, unconditional.dtype)
+
+
 @register_sampler("resample", options=[GUIDANCE_SCALE, ETA, CONSISTENCY_EVERY, CONSISTENCY_STEPS, RESAMPLE_GAMMA])
 def resample(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, eta: float = 1.0,
              consistency_every: int = 5, consistency_steps: int = 10, resample_gamma: float = 40.0, callback=None,
              progress: bool = True) -> torch.Tensor:
-    """ReSample: DDIM; every ``consistency_every`` steps the clean prediction is fitted to the measurement
-    (``consistency_steps`` Adam steps of learning rate ``0.05 * guidance_scale``), then resampled to the next
-    noise level: ``N((s^2 sqrt(a') z* + (1 - a') x') / (s^2 + 1 - a'), s^2 (1 - a') / (s^2 + 1 - a'))`` with
-    ``x'`` the unconditional DDIM sample, ``z*`` the fitted latent and ``s^2 = gamma (1 - a') / a (1 - a / a')``
-    (their eq. 13)."""
+    """ReSample: DDIM; every ``consistency_every`` steps (counted back from the last, which is one) the clean
+    prediction is fitted to the measurement (``consistency_steps`` Adam steps of learning rate
+    ``0.05 * guidance_scale``), then resampled to the next noise level:
+    ``N((s^2 sqrt(a') z* + (1 - a') x') / (s^2 + 1 - a'), s^2 (1 - a') / (s^2 + 1 - a'))`` with ``x'`` the
+    unconditional DDIM sample, ``z*`` the fitted latent and ``s^2 = gamma (1 - a') / a (1 - a / a')``."""
     if problem.keep is not None:
         raise ValueError("sampler 'resample' does not support keep_outside; use dps or mpgd")
     noises = step_noises(x.shape, problem.generator, len(problem.timesteps) - 1 if eta > 0 else 0, x.device, x.dtype)
@@ -54,11 +63,8 @@ def resample(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, 
         noise = next(noises) if eta > 0 and a_prev < 1 else None
         x = ddim_step(x0, eps, a, a_prev, eta, noise)
         loss, terms, skipped = x0.new_zeros(x.shape[0]), {}, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        if a_prev < 1 and (i + 1) % consistency_every == 0:
+        if (len(problem.timesteps) - 1 - i) % consistency_every == 0:  # the last step is one of them
             fitted, loss, terms, skipped = _fit(problem, x0, i, t, consistency_steps, 0.05 * guidance_scale)
-            s2 = resample_gamma * (1 - a_prev) / a * (1 - a / a_prev)
-            mean = (s2 * a_prev**0.5 * fitted + (1 - a_prev) * x) / (s2 + 1 - a_prev)
-            std = (s2 * (1 - a_prev) / (s2 + 1 - a_prev)) ** 0.5
-            x = mean + std * noise_like(x.shape, problem.generator, x.device, x.dtype)
+            x = fitted if a_prev == 1 else _resampled(problem, fitted, x, a, a_prev, resample_gamma)
         report(callback, i=i, t=t, x=x, x0=x0, loss=loss, terms=terms, skipped=skipped)
     return x
