@@ -80,6 +80,8 @@ SOLVER_OPTIONS: dict[str, Option] = {option.name: option for option in (
            "data-consistency optimization steps on the final latent (default: 100 when a constraint opts in)"),
     Option("refine_lr", 0.05, positive, "the refinement's Adam learning rate"),
     Option("refine_anchor", 0.03, non_negative, "the refinement's pull towards the sampled latent"),
+    Option("refine_hold", 10.0, non_negative,
+           "the refinement's push back on a constraint it does not fit (e.g. a CLIP box) once worse than sampled"),
     Option("keep_outside", False, checks.boolean, "outside every region, keep the unguided sample from the same noise"),
     Option("consistency", True, checks.boolean, "make the result explain every observation (data consistency)"),
 )}

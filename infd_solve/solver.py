@@ -156,8 +156,9 @@ class Solver:
 
     def objective(self, constraints: Sequence[Constraint], patches: Callable | None = None,
                   keys: Sequence[int] | None = None):
-        """``(z0_hat, i, t, normalize) -> (per-sample loss, {name: per-sample loss})`` for the samplers: each
-        active constraint's weighted loss (its square root with ``normalize``, DPS's normalization).
+        """``(z0_hat, i, t, normalize) -> (per-sample loss, {name: per-sample loss})`` for the samplers: the sum
+        of each active constraint's weighted loss (its square root with ``normalize``, DPS's normalization), and
+        each one's own loss (unweighted, differentiable).
 
         ``patches(phi, constraints)`` gives each active constraint its patch; by default each renders its own
         box at its own grid (benchmarks pass other ways, e.g. cropping one render of the whole canvas).
@@ -179,7 +180,7 @@ class Solver:
                 phi = self.model.decode_unchecked(self.model.unscale(z0), self.checkpoint_decoder)
                 for c, patch in zip(active, patches(phi, active)):
                     loss = c.loss(patch).to(total.dtype)
-                    terms[c.name] = loss.detach()
+                    terms[c.name] = loss  # with its graph: the refinement holds other constraints by these
                     total = total + c.weight * (loss.clamp_min(0).add(1e-12).sqrt() if normalize else loss)
             return total, terms
 
@@ -267,7 +268,7 @@ class Solver:
         hold = self.objective(held, keys=keys) if held else None
         return refine_latent(z, self.objective([c for c in constraints if c.refine], keys=keys), steps,
                              self.options["refine_lr"], record, self.progress, anchor=self.options["refine_anchor"],
-                             hold=hold)
+                             hold=hold, hold_weight=self.options["refine_hold"])
 
     def _history(self, constraints, callback):
         """An empty history and the callback that fills it (then calls ``callback``)."""
@@ -282,7 +283,8 @@ class Solver:
             history["timesteps"].append(state["t"])
             history["phase"].append(state["phase"])
             for name in history["loss"]:
-                history["loss"][name].append(state["terms"].get(name))
+                value = state["terms"].get(name)
+                history["loss"][name].append(None if value is None else value.detach())
             history["skipped"].append(state["skipped"])  # kept on the device: no host sync per step
             if callback is not None:
                 callback(state)

@@ -69,7 +69,7 @@ def test_minimal_layout_gets_the_defaults():
     # a layout's options are the Solver's, with the Solver's defaults (one table: infd_solve.options)
     assert s.solver_kwargs() == {"steps": 50, "sampler": "dps", "eta": 1.0, "guidance_scale": 1.0, "normalize": True,
                                  "max_grad_norm": None, "refine_steps": None, "refine_lr": 0.05, "refine_anchor": 0.03,
-                                 "keep_outside": False, "consistency": True}
+                                 "refine_hold": 10.0, "keep_outside": False, "consistency": True}
     assert Solver(make_gaussian_model(), **s.solver_kwargs()).options == s.solver_kwargs()
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
@@ -98,7 +98,7 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
     assert s.canvas == (96, 128) and s.seed == 3 and s.batch_size == 2 and s.source == path.resolve()
     assert s.solver_kwargs() == {"steps": 10, "sampler": "mpgd", "eta": 0.0, "guidance_scale": 0.5, "normalize": False,
                                  "max_grad_norm": 2.0, "refine_steps": 7, "refine_lr": 0.05, "refine_anchor": 0.5,
-                                 "keep_outside": True, "consistency": True}
+                                 "refine_hold": 10.0, "keep_outside": True, "consistency": True}
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1

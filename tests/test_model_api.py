@@ -84,3 +84,15 @@ def test_autoencoder_only_model_has_no_sampler(tmp_path):
         model.sample(1, steps=2)
     model.save(tmp_path / "ae")
     assert infd_solve.load_model(tmp_path / "ae").unet is None
+
+
+def test_a_loaded_model_renders_without_a_graph_unless_its_input_asks():
+    model = infd_solve.load_model("default")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    z = torch.randn(1, *model.config.z_shape, generator=torch.Generator().manual_seed(0))
+    plain = model.render(model.decode(z), 16)
+    assert plain.grad_fn is None and not plain.requires_grad
+    z.requires_grad_(True)
+    guided = model.render(model.decode(z), 16)
+    (grad,) = torch.autograd.grad(guided.sum(), z)  # what a solve needs still works
+    assert grad.abs().sum() > 0

@@ -386,8 +386,9 @@ def test_inpaint_bad_input_exits_2(inpaint_cli, model_dir, inputs, tmp_path, cap
 
 @pytest.mark.parametrize("recipe", ["super_resolution", "inpaint"])
 def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir, tmp_path, monkeypatch, capsys):
-    """On a model with an exact N(0, I) latent prior (conftest), guidance raises the printed PSNR over the
-    unguided sample of the same seed: the recipe's constraint measures what it claims to."""
+    """On a model with an exact N(0, I) latent prior (conftest), guidance makes the model alone explain the
+    input better than the unguided sample of the same seed (the result itself is made consistent either way):
+    the recipe's constraint measures what it claims to."""
     import importlib
 
     cli = importlib.import_module(f"infd_solve.cli.{recipe}")
@@ -396,9 +397,10 @@ def test_guidance_brings_the_result_closer_to_the_measurement(recipe, model_dir,
     Image.fromarray((np.stack([0.8 * xx + 0.1, 0.5 + 0 * xx, 0.9 - 0.8 * yy], -1) * 255).astype(np.uint8)).save(
         tmp_path / "smooth.png")
     target = ["--upscale", "2"] if recipe == "super_resolution" else ["--polygon", "0.3,0.3 0.7,0.3 0.5,0.7"]
-    common = [str(tmp_path / "smooth.png"), *target, "--model", str(model_dir), "--steps", "20", "--guidance", "x0",
+    common = [str(tmp_path / "smooth.png"), *target, "--model", str(model_dir), "--steps", "20", "--sampler", "dps",
               "--seed", "0", "--refine-steps", "0", "--no-progress"]  # guidance alone
     run = getattr(cli, f"run_{recipe}")
     free = run(common + ["-o", str(tmp_path / "free.png"), "--guidance-scale", "0"])
-    guided = run(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "20"])
-    assert guided["psnr"] > free["psnr"] + 0.5
+    guided = run(common + ["-o", str(tmp_path / "guided.png"), "--guidance-scale", "100"])
+    assert guided["model_fit"] > free["model_fit"] + 0.5
+    assert min(guided["psnr"], free["psnr"]) > 40  # both results explain the input

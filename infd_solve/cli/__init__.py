@@ -58,8 +58,8 @@ def new_parser(prog: str, doc: str) -> Parser:
     """A command's parser: one-line errors; its docstring, as plain text, gives the description (the first
     paragraph) and the epilog (the rest: usage examples, outputs, exit codes)."""
     description, _, epilog = plain_text(doc).partition("\n\n")
-    return Parser(prog=prog, description=description, epilog=epilog or None,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Parser(prog=prog, description=description, epilog=epilog or None, allow_abbrev=False,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)  # no abbreviations: --guidance != --guidance-scale
 
 
 def run_command(build_parser, run, argv, prog: str):
@@ -322,13 +322,18 @@ def observation_outputs(args, source: Path, suffix: str, inputs=()) -> tuple[Pat
 
 
 def solve_observation(args, model, constraint, canvas) -> tuple:
-    """Solve for one observation with the flags of :func:`add_solver_arguments`, save the canvas and print
-    its path; returns ``(result, written paths, PSNR of the result against the observation)``."""
+    """Solve for one observation with the flags of :func:`add_run_arguments`, save the canvas, print its path,
+    how well the model alone explained the observation, and the result's notes; returns ``(result, written
+    paths, {"psnr": of the result against the observation, "model_fit": dB, "trust": share kept})``."""
     result = solver_from_arguments(model, args).solve([constraint], seed=args.seed)
     written = result.save(args.out_path, canvas, tile=args.tile)
     print(written[0])
+    scores = {k: v[0] for k, v in result.report()[constraint.name].items()}
+    if "model_fit" in scores:
+        print(f"the model alone explains the input to {scores['model_fit']:.2f} dB; the result keeps "
+              f"{scores['trust']:.0%} of the model's own render (data consistency)")
     print_notes(result, args.prog)
-    return result, written, result.report()[constraint.name]["psnr"][0]
+    return result, written, scores
 
 
 def output_path(path) -> Path:

@@ -88,15 +88,16 @@ def run(parser, args) -> dict:
 
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
           f"{canvas[0]}x{canvas[1]}, {options_summary(args)}, seed {args.seed}")
-    result, written, value = solve_observation(args, model, constraint, canvas)
-    print(f"known-region PSNR: {value:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
+    result, written, scores = solve_observation(args, model, constraint, canvas)
+    print(f"known-region PSNR: {scores['psnr']:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
     with torch.no_grad():
         on_box = result.render(constraint.score_size, constraint.box)
     whole = written[0] if tuple(box) != FULL_CANVAS else None
     written.append(plot_inpainting(constraint.image, constraint.image_mask, on_box, compare, whole, box))
     print(written[-1])
     guidance_failures(result, args.prog)
-    return {"written": written, "psnr": value, "canvas": canvas, "known_fraction": known}
+    return {"written": written, "psnr": scores["psnr"], "model_fit": scores.get("model_fit"), "canvas": canvas,
+            "known_fraction": known}
 
 
 def run_inpaint(argv: list[str] | None = None, prog: str = PROG) -> dict:

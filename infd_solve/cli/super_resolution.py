@@ -94,13 +94,13 @@ def run(parser, args) -> dict:
 
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
           f"noise sigma {args.noise_sigma:g}, {options_summary(args)}, seed {args.seed}")
-    result, written, value = solve_observation(args, model, constraint, (size, size))
-    print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {value:.2f} dB "
+    result, written, scores = solve_observation(args, model, constraint, (size, size))
+    print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {scores['psnr']:.2f} dB "
           f"on the {n}x{n} input grid")
     written.append(plot_super_resolution(y, written[0], compare))
     print(written[-1])
     guidance_failures(result, args.prog)
-    return {"written": written, "psnr": value, "size": size}
+    return {"written": written, "psnr": scores["psnr"], "model_fit": scores.get("model_fit"), "size": size}
 
 
 def run_super_resolution(argv: list[str] | None = None, prog: str = PROG) -> dict:

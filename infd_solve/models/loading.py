@@ -72,4 +72,7 @@ def load_model(path_or_name: str | Path, ema: bool = True, device: str | torch.d
     if not path.exists():
         raise MissingCheckpointError(f"no model at {path}. {OFFICIAL_HINT}")
     model = load_pretrained(path) if path.is_dir() else load_official(path, ema=ema)
+    # a loaded model is for inference: its renders build no autograd graph unless their input asks for one (a
+    # solve's latent does); training recipes build their own models from its weights
+    model.eval().requires_grad_(False)
     return model.to(device) if device is not None else model

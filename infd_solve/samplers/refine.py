@@ -7,11 +7,9 @@ from tqdm.auto import tqdm
 
 from .base import Objective, gradient, sanitize
 
-HOLD_WEIGHT = 10.0  # how hard a constraint that got worse than at the start is pushed back
-
-
 def refine_latent(x0: torch.Tensor, objective: Objective, steps: int, lr: float = 0.05, callback=None,
-                  progress: bool = True, anchor: float = 0.0, hold: Objective | None = None) -> torch.Tensor:
+                  progress: bool = True, anchor: float = 0.0, hold: Objective | None = None,
+                  hold_weight: float = 10.0) -> torch.Tensor:
     """``steps`` of Adam on the clean latent against ``objective`` (unnormalized), with the "hard data
     consistency" of latent solvers such as ReSample, applied once at the end: guided sampling stops short of
     fitting the observations at 25-50 steps.
@@ -19,7 +17,7 @@ def refine_latent(x0: torch.Tensor, objective: Objective, steps: int, lr: float 
     ``anchor``: weight of the mean squared distance to ``x0``. Adam steps every latent cell by about ``lr``
     however small its gradient, so cells the observation barely sees (under an inpainting hole) would drift;
     the anchor keeps them at the sample. ``hold``: the other constraints (e.g. CLIP boxes), which must not get
-    worse: each one's excess over its value at the start is penalized (``HOLD_WEIGHT`` times it, per sample).
+    worse: each one's excess over its value at the start is penalized (``hold_weight`` times it, per sample).
     Adam's update is elementwise and every term is per sample, so samples stay independent; a sample whose
     loss or gradient is not finite keeps its latent that step. ``callback`` gets ``phase="refine"`` and the
     keys of the samplers' callbacks (``t`` is 0, ``i`` counts refinement steps; ``terms`` includes the held
@@ -35,7 +33,7 @@ def refine_latent(x0: torch.Tensor, objective: Objective, steps: int, lr: float 
             loss = loss + anchor * (x - start).square().flatten(1).mean(1)
             if hold is not None:
                 _, kept = hold(x, i, 0, False)
-                loss = loss + HOLD_WEIGHT * sum((kept[k] - held[k]).clamp_min(0) for k in kept)
+                loss = loss + hold_weight * sum((kept[k] - held[k]).clamp_min(0) for k in kept)
                 terms = terms | {k: v.detach() for k, v in kept.items()}
             grad = gradient(loss, x)
         grad, skipped = sanitize(grad, loss.detach(), None)
