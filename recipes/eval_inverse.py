@@ -19,9 +19,10 @@ on [-1, 1] (drawn from each job's seed, clamped to [-1, 1]):
 Images: held-out procedural scenes (``infd_solve.data``, seeds from ``TEST_SEED_OFFSET + 30000``) rendered at
 ``--size``, their ground truth, or the first ``--scenes`` images of ``--images``.
 
-Methods, in one table: ``classical`` (bicubic upsampling; zero-filled holes, mid grey; the blurred image
-itself), ``prior`` (the unguided sample from the same seed), ``dps, no refinement`` (guided sampling, the
-library's defaults) and ``dps`` (the same solve, then its refinement steps: data consistency; the default).
+Methods, in one table: ``classical`` (bicubic upsampling; a harmonic fill of the holes; Wiener deconvolution:
+``infd_solve.baselines``), ``prior`` (the unguided sample from the same seed), and for each ``--samplers``
+family at equal denoiser evaluations (``--steps``), ``FAMILY, no refinement`` (its sample, made consistent with
+the observation) and ``FAMILY`` (the same solve after its refinement steps; the library's default).
 
 Metrics against the truth on the 8-bit outputs: PSNR, SSIM (window 11, sigma 1.5), LPIPS when its backbone
 file is on disk (``infd_solve/losses.py``; the table says when it is not), patch FD (Fréchet distance in the
@@ -48,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 TASKS = ("sr4", "box", "random", "gaussian", "motion")
-METHODS = ("classical", "prior", "dps")
-ROWS = ("classical", "prior", "dps, no refinement", "dps")  # "dps, no refinement": the dps job's unrefined sample
+BASELINES = ("classical", "prior")
+NFE_PER_STEP = {"daps": 2}  # denoiser calls per step at the families' defaults (DAPS: its ODE steps), else 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PROG = "eval_inverse.py"
 
@@ -62,7 +63,11 @@ def build_parser():
     p.add_argument("--images", type=Path, default=None, help="folder of images (default: held-out procedural scenes)")
     p.add_argument("--scenes", type=int, default=8, help="images per task (default 8)")
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
-    p.add_argument("--steps", type=int, default=50, help="guided DDIM steps (default 50)")
+    p.add_argument("--steps", type=int, default=50,
+                   help="denoiser evaluations per solve (default 50): the steps of each sampler family, divided by "
+                        "its evaluations per step (DAPS: 25 levels of 2)")
+    p.add_argument("--samplers", nargs="+", default=["dps"],
+                   help="sampler families to compare, at equal denoiser evaluations (default: dps)")
     p.add_argument("--refine-steps", type=int, default=None, help="refinement steps (default: the library's, 100)")
     p.add_argument("--noise", type=float, default=0.05, help="observation noise sigma on [-1, 1] (default 0.05)")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
@@ -123,17 +128,33 @@ def task_fields(task: str, index: int, args) -> dict:
                                          "seed": seed}}
 
 
+def methods(args) -> list[str]:
+    """The baselines, then each sampler family (a guided job whose ``sampler`` is that family)."""
+    return [*BASELINES, *args.samplers]
+
+
+def rows_of(args) -> list[tuple[str, str, str | None]]:
+    """``(row name, method, part of its record)``: each family appears before and after its refinement."""
+    out = [(m, m, None) for m in BASELINES]
+    for family in args.samplers:
+        out += [(f"{family}, no refinement", family, "unrefined"), (family, family, None)]
+    return out
+
+
 def write_jobs(args, truths: list[str]) -> Path:
     from infd_solve.io import atomic_path
 
     lines = []
     for task in args.tasks:
         for i, truth in enumerate(truths):
-            for method in METHODS:
+            for method in methods(args):
                 job = {"id": f"{task}-{method}-{i:02d}", "truth": truth, **task_fields(task, i, args),
-                       "noise_sigma": args.noise, "seed": args.seed + i, "method": method, "steps": args.steps}
-                if method == "dps":
-                    job["save_unrefined"] = True
+                       "noise_sigma": args.noise, "seed": args.seed + i, "steps": args.steps}
+                if method in BASELINES:
+                    job["method"] = method
+                else:
+                    job |= {"sampler": method, "steps": args.steps // NFE_PER_STEP.get(method, 1),
+                            "save_unrefined": True}
                     if args.refine_steps is not None:
                         job["refine_steps"] = args.refine_steps
                 lines.append(json.dumps(job))
@@ -168,7 +189,7 @@ def evaluate(args, jobs, records: dict, device) -> tuple[list[dict], dict]:
     rows = []
     for task in args.tasks:
         truths = {}
-        for method in METHODS:
+        for method in methods(args):
             for i in range(args.scenes):
                 job = by_id.get(f"{task}-{method}-{i:02d}")
                 if job is not None:
@@ -176,9 +197,8 @@ def evaluate(args, jobs, records: dict, device) -> tuple[list[dict], dict]:
         if not truths:
             continue
         real = features(truths.values())
-        for row in ROWS:
-            method = "dps" if row.startswith("dps") else row
-            part, output = ("unrefined", "unrefined.png") if row == "dps, no refinement" else (None, "output.png")
+        for row, method, part in rows_of(args):
+            output = "unrefined.png" if part else "output.png"
             values = {"psnr": [], "ssim": [], "lpips": [], "consistency": [], "seconds": []}
             outputs = []
             for i, truth in truths.items():
@@ -208,17 +228,18 @@ def figures(args, records: dict) -> list[Path]:
     from infd_solve.viz import image_rows
 
     paths = []
-    titles = ["truth", "observation", *ROWS]
+    rows_shown = rows_of(args)
+    titles = ["truth", "observation", *(row for row, _, _ in rows_shown)]
+    first = args.samplers[0]
     for task in args.tasks:
         rows = []
         for i in range(min(args.examples, args.scenes)):
-            ids = {m: f"{task}-{m}-{i:02d}" for m in METHODS}
+            ids = {m: f"{task}-{m}-{i:02d}" for m in methods(args)}
             if not all(records.get(v, {}).get("status") == "done" for v in ids.values()):
                 continue
             folder = {m: args.out / "jobs" / v for m, v in ids.items()}
-            images = [args.out / records[ids["dps"]]["job"]["truth"], folder["dps"] / "observation.png",
-                      folder["classical"] / "output.png", folder["prior"] / "output.png",
-                      folder["dps"] / "unrefined.png", folder["dps"] / "output.png"]
+            images = [args.out / records[ids[first]]["job"]["truth"], folder[first] / "observation.png"]
+            images += [folder[method] / ("unrefined.png" if part else "output.png") for _, method, part in rows_shown]
             rows.append((f"scene {i}", images))
         if rows:
             paths.append(image_rows(rows, titles, args.out / f"examples_{task}.png"))

@@ -15,13 +15,17 @@ def test_benchmark_on_a_tiny_model(tmp_path, one_thread, monkeypatch):
     model_dir = tiny_model(normalize=False, seed=1).save(tmp_path / "model")
     clip_dir = save_tiny_clip(tmp_path / "clip")
     out = tmp_path / "out"
-    argv = ["--scenes", "2", "--size", "64", "--steps", "4", "--refine-steps", "2", "--model", str(model_dir),
+    argv = ["--scenes", "2", "--size", "64", "--steps", "4", "--refine-steps", "2", "--samplers", "dps", "daps",
+            "--model", str(model_dir),
             "--clip", str(clip_dir), "--out", str(out), "--no-progress", "--examples", "1", "--lpips-net", "alex"]
     evaluate = load_recipe("eval_inverse")
     table = evaluate.main(argv)
 
     jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
-    assert len(jobs) == 5 * 2 * 3 and all(j["noise_sigma"] == 0.05 and j["steps"] == 4 for j in jobs)
+    assert len(jobs) == 5 * 2 * 4 and all(j["noise_sigma"] == 0.05 for j in jobs)
+    # equal denoiser evaluations: DAPS takes 2 per level
+    assert {j["steps"] for j in jobs if j.get("sampler") == "daps"} == {2}
+    assert {j["steps"] for j in jobs if j.get("sampler") != "daps"} == {4}
     for job in jobs:  # the protocol, scaled from 256 to 64
         if "hole" in job:
             left, top, right, bottom = (v * 64 for v in job["hole"])
@@ -33,8 +37,9 @@ def test_benchmark_on_a_tiny_model(tmp_path, one_thread, monkeypatch):
     assert {j["missing"] for j in jobs if "missing" in j} == {0.7}
     assert {j["factor"] for j in jobs if j["task"] == "sr"} == {4}
 
-    assert [(r["task"], r["method"]) for r in table[:4]] == [("sr4", m) for m in evaluate.ROWS]
-    assert len(table) == 20 and all(r["images"] == 2 for r in table)
+    rows = ["classical", "prior", "dps, no refinement", "dps", "daps, no refinement", "daps"]
+    assert [(r["task"], r["method"]) for r in table[:6]] == [("sr4", m) for m in rows]
+    assert len(table) == 30 and all(r["images"] == 2 for r in table)
     for r in table:
         assert all(math.isfinite(r[k]) for k in ("psnr", "ssim", "patch FD", "seconds")) and r["lpips"] is None
     markdown = (out / "table.md").read_text()
@@ -47,7 +52,7 @@ def test_benchmark_on_a_tiny_model(tmp_path, one_thread, monkeypatch):
     torch.save({f"features.{k}": v for k, v in torchvision.models.alexnet().features.state_dict().items()}, backbone)
     monkeypatch.setenv("INFD_LPIPS_BACKBONE", str(backbone))
     again = evaluate.main(argv)
-    assert json.loads((out / "eval.json").read_text())["jobs"] == {"done": 0, "skipped": 30, "failed": 0}
+    assert json.loads((out / "eval.json").read_text())["jobs"] == {"done": 0, "skipped": 40, "failed": 0}
     assert [r["psnr"] for r in again] == [r["psnr"] for r in table]
     assert all(r["lpips"] is not None and r["lpips"] >= 0 for r in again)
     assert "| LPIPS ↓ |" in (out / "table.md").read_text() and "LPIPS (alex)" in (out / "table.md").read_text()
