@@ -60,6 +60,9 @@ def test_regular_wheel(source, tmp_path):
     assert "infd_solve/pretrained/default/clip/open_clip_config.json" in names
     assert "infd_solve/pretrained/MODEL_CARD.md" in names
     assert not any(n.split("/")[0] in ("constraints", "recipes", "pretrained", "tests") for n in names)
+    # every package of the source tree is in the wheel (a subpackage missing from pyproject.toml is not)
+    for init in (source / "infd_solve").rglob("__init__.py"):
+        assert f"infd_solve/{init.relative_to(source / 'infd_solve').as_posix()}" in names, init
     found = install_and_probe(wheel, tmp_path / "env")
     site = str(tmp_path / "env")
     assert found["infd_solve.constraints"].startswith(site)
