@@ -231,8 +231,8 @@ def _read_config(config_path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg"), dict):
-        raise CheckpointError(
-            f"{config_path} is not an open_clip config: expected {{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}}")
+        raise CheckpointError(f"{config_path} is not an open_clip config: expected "
+                              f"{{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}}")
     text_cfg = raw["model_cfg"].get("text_cfg", {})
     if "hf_model_name" in text_cfg or "hf_tokenizer_name" in text_cfg:
         # Hugging Face text towers/tokenizers need their own files and would be fetched from the Hub.

@@ -72,8 +72,10 @@ def test_regular_wheel(source, tmp_path):
     # the commands are installed as console scripts
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command, target in (("infd-layout", "infd_solve.cli.layout:main"), ("infd-sr", "infd_solve.cli.super_resolution:main"),
-                            ("infd-inpaint", "infd_solve.cli.inpaint:main"), ("infd-sample", "infd_solve.cli.sample:main")):
+    for command, target in (("infd-layout", "infd_solve.cli.layout:main"),
+                            ("infd-sr", "infd_solve.cli.super_resolution:main"),
+                            ("infd-inpaint", "infd_solve.cli.inpaint:main"),
+                            ("infd-sample", "infd_solve.cli.sample:main")):
         assert f"{command} = {target}" in text
         assert (tmp_path / "env" / "bin" / command).is_file()
 
