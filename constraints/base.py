@@ -183,9 +183,9 @@ class Constraint:
     @classmethod
     def from_layout(cls, fields: dict[str, Any], context) -> "Constraint":
         """Build from a layout item's fields (without ``type``) and the layout's ``context`` (its ``canvas``,
-        ``clip`` and ``resolve_path(field, value)``; :class:`infd_solve.layout.LayoutContext`). Unknown fields, missing required ones and
-        paths that do not exist raise ``ValueError`` starting with the field's name; the constructor checks
-        the values. Override for items that need more than a call of the constructor."""
+        ``clip`` and ``resolve_path(field, value)``; :class:`infd_solve.layout.LayoutContext`). Unknown fields,
+        missing required ones and paths that do not exist raise ``ValueError`` starting with the field's name;
+        the constructor checks the values. Override for items that need more than a call of the constructor."""
         from ..checks import unknown_field
 
         allowed = cls.layout_fields()

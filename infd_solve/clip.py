@@ -231,8 +231,8 @@ def _read_config(config_path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg"), dict):
-        raise CheckpointError(
-            f"{config_path} is not an open_clip config: expected {{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}}")
+        raise CheckpointError(f"{config_path} is not an open_clip config: expected "
+                              f"{{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}}")
     text_cfg = raw["model_cfg"].get("text_cfg", {})
     if "hf_model_name" in text_cfg or "hf_tokenizer_name" in text_cfg:
         # Hugging Face text towers/tokenizers need their own files and would be fetched from the Hub.
@@ -302,86 +302,16 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
     """
     import open_clip
 
-    from . import pretrained
-
-    if isinstance(name_or_path, str) and name_or_path in pretrained.NAMES:
-        path = pretrained.clip_dir(name_or_path)
-        name = f"{name_or_path} ({path})"
-    else:
-        if isinstance(name_or_path, str) and name_or_path.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError(
-                f"{name_or_path!r}: pass a local directory or file path (hub names are not loaded; nothing is "
-                "downloaded)")
-        path = Path(name_or_path).expanduser()
-        name = str(path)
-    if not path.exists():
-        raise MissingCheckpointError(f"no CLIP weights at {path}. {WEIGHTS_HINT}")
+    path, name = _clip_path(name_or_path)
     force = {}
     if image_mean is not None:
         force["image_mean"] = _triple(image_mean, "image_mean")
     if image_std is not None:
         force["image_std"] = _triple(image_std, "image_std")
-
     if path.is_dir():
-        config_path = path / CONFIG_FILE
-        if not config_path.is_file():
-            raise MissingCheckpointError(
-                f"{config_path} not found: a CLIP directory holds {CONFIG_FILE} ({{\"model_cfg\", \"preprocess_cfg\"}}) "
-                f"and the weights ({WEIGHTS_FILE}). {WEIGHTS_HINT}")
-        _read_config(config_path)
-        weights = _find_weights(path)
-        if weights.suffix == ".safetensors":
-            _check_safetensors(weights)
-        else:
-            from .checkpoints import refuse_unsafe
-
-            refuse_unsafe(weights, None, "CLIP weights")
-        if model_name is not None:
-            warnings.warn(f"model_name={model_name!r} is ignored: the architecture comes from {config_path}",
-                          stacklevel=2)
-        spec = "local-dir:" + str(path.resolve())
-        model = _build(open_clip, spec, None, weights, **force)
-        with _offline():
-            tokenizer = open_clip.get_tokenizer(spec)
+        model, tokenizer = _load_clip_dir(open_clip, path, model_name, force)
     else:
-        if path.suffix.lower() not in WEIGHT_SUFFIXES:
-            raise ValueError(f"{path}: expected a weights file ({', '.join(WEIGHT_SUFFIXES)}) or a directory")
-        if not model_name:
-            raise ValueError(
-                f"{path} is a weights file: model_name is needed to know its architecture, e.g. "
-                f"load_clip({str(path)!r}, model_name='ViT-B-32') (see open_clip.list_models(); a custom config can "
-                "be registered with open_clip.add_model_config), or save the model as a directory with "
-                f"{CONFIG_FILE}")
-        if model_name.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
-        if open_clip.get_model_config(model_name.replace("/", "-")) is None:
-            raise ValueError(f"unknown open_clip architecture model_name={model_name!r}; register a custom config "
-                             "with open_clip.add_model_config(json_path) or pick one of open_clip.list_models()")
-        if path.stat().st_size == 0:
-            raise CheckpointError(f"{path} is empty (0 bytes)")
-        if path.suffix.lower() == ".safetensors":  # cheap header check before building a possibly big model
-            _check_safetensors(path)
-        else:  # a pickle that references code is refused before open_clip touches it
-            from .checkpoints import refuse_unsafe
-
-            refuse_unsafe(path, None, "CLIP weights")
-        # A sibling open_clip_config.json (a local-dir export loaded by file) carries the right statistics.
-        sibling = path.parent / CONFIG_FILE
-        if "image_mean" not in force and "image_std" not in force and sibling.is_file():
-            try:
-                pp = json.loads(sibling.read_text()).get("preprocess_cfg", {})
-                if "mean" in pp and "std" in pp:
-                    force = {"image_mean": _triple(pp["mean"], "mean"), "image_std": _triple(pp["std"], "std")}
-                    log.info("using mean/std from %s", sibling)
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
-                pass
-        # An absolute path can never be mistaken for a pretrained tag (which open_clip would download).
-        model = _build(open_clip, model_name, str(path.resolve()), path, **force)
-        try:
-            with _offline():
-                tokenizer = open_clip.get_tokenizer(model_name)
-        except Exception as e:
-            raise RuntimeError(f"the tokenizer of {model_name!r} is not available offline: {e}") from None
+        model, tokenizer, force = _load_clip_file(open_clip, path, model_name, force)
 
     cfg = open_clip.get_model_preprocess_cfg(model)
     mean, std = _triple(cfg["mean"], "mean"), _triple(cfg["std"], "std")
@@ -396,6 +326,101 @@ def load_clip(name_or_path: str | os.PathLike = "default", model_name: str | Non
         model = model.to(device)
     return ClipModel(model=model, tokenizer=tokenizer, mean=mean, std=std, size=_square_size(cfg["size"], path),
                      name=name, resize_mode=str(cfg.get("resize_mode", "shortest")))
+
+
+def _clip_path(name_or_path) -> tuple[Path, str]:
+    """Where :func:`load_clip`'s ``name_or_path`` is (a shipped name or a local path; never a hub name), and
+    how the model is named."""
+    from . import pretrained
+
+    if isinstance(name_or_path, str) and name_or_path in pretrained.NAMES:
+        path = pretrained.clip_dir(name_or_path)
+        name = f"{name_or_path} ({path})"
+    else:
+        if isinstance(name_or_path, str) and name_or_path.startswith(("hf-hub:", "local-dir:")):
+            raise ValueError(
+                f"{name_or_path!r}: pass a local directory or file path (hub names are not loaded; nothing is "
+                "downloaded)")
+        path = Path(name_or_path).expanduser()
+        name = str(path)
+    if not path.exists():
+        raise MissingCheckpointError(f"no CLIP weights at {path}. {WEIGHTS_HINT}")
+    return path, name
+
+
+def _load_clip_dir(open_clip, path: Path, model_name: str | None, force: dict):
+    """A CLIP directory (open_clip ``local-dir:``): the model and its tokenizer."""
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise MissingCheckpointError(
+            f"{config_path} not found: a CLIP directory holds {CONFIG_FILE} ({{\"model_cfg\", \"preprocess_cfg\"}}) "
+            f"and the weights ({WEIGHTS_FILE}). {WEIGHTS_HINT}")
+    _read_config(config_path)
+    weights = _find_weights(path)
+    if weights.suffix == ".safetensors":
+        _check_safetensors(weights)
+    else:
+        from .checkpoints import refuse_unsafe
+
+        refuse_unsafe(weights, None, "CLIP weights")
+    if model_name is not None:
+        warnings.warn(f"model_name={model_name!r} is ignored: the architecture comes from {config_path}",
+                      stacklevel=3)  # load_clip's caller
+    spec = "local-dir:" + str(path.resolve())
+    model = _build(open_clip, spec, None, weights, **force)
+    with _offline():
+        tokenizer = open_clip.get_tokenizer(spec)
+    return model, tokenizer
+
+
+def _load_clip_file(open_clip, path: Path, model_name: str | None, force: dict):
+    """A CLIP weights file of the architecture ``model_name``: the model, its tokenizer and the statistics
+    forced on it (``force``, else those of a sibling ``open_clip_config.json``)."""
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{path}: expected a weights file ({', '.join(WEIGHT_SUFFIXES)}) or a directory")
+    if not model_name:
+        raise ValueError(
+            f"{path} is a weights file: model_name is needed to know its architecture, e.g. "
+            f"load_clip({str(path)!r}, model_name='ViT-B-32') (see open_clip.list_models(); a custom config can "
+            "be registered with open_clip.add_model_config), or save the model as a directory with "
+            f"{CONFIG_FILE}")
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
+    if open_clip.get_model_config(model_name.replace("/", "-")) is None:
+        raise ValueError(f"unknown open_clip architecture model_name={model_name!r}; register a custom config "
+                         "with open_clip.add_model_config(json_path) or pick one of open_clip.list_models()")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes)")
+    if path.suffix.lower() == ".safetensors":  # cheap header check before building a possibly big model
+        _check_safetensors(path)
+    else:  # a pickle that references code is refused before open_clip touches it
+        from .checkpoints import refuse_unsafe
+
+        refuse_unsafe(path, None, "CLIP weights")
+    force = _sibling_statistics(path, force)
+    # An absolute path can never be mistaken for a pretrained tag (which open_clip would download).
+    model = _build(open_clip, model_name, str(path.resolve()), path, **force)
+    try:
+        with _offline():
+            tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:
+        raise RuntimeError(f"the tokenizer of {model_name!r} is not available offline: {e}") from None
+    return model, tokenizer, force
+
+
+def _sibling_statistics(path: Path, force: dict) -> dict:
+    """``force``, or when it sets neither statistic, the mean and std of a sibling open_clip_config.json (a
+    local-dir export loaded by file), which carries the right ones."""
+    sibling = path.parent / CONFIG_FILE
+    if "image_mean" not in force and "image_std" not in force and sibling.is_file():
+        try:
+            pp = json.loads(sibling.read_text()).get("preprocess_cfg", {})
+            if "mean" in pp and "std" in pp:
+                force = {"image_mean": _triple(pp["mean"], "mean"), "image_std": _triple(pp["std"], "std")}
+                log.info("using mean/std from %s", sibling)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
+            pass
+    return force
 
 
 def save_clip(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, directory: str | os.PathLike) -> Path:

@@ -238,9 +238,10 @@ def _levels(operator: Operator) -> list[tuple[Operator, tuple[int, int]]]:
 
 def solve_residual(operator: Operator, b: torch.Tensor, noise_sigma: float = 0.0) -> torch.Tensor:
     """The correction ``r`` (on ``operator``'s output grid) of a render whose observation residual is ``b``
-    (module docstring). Morozov's discrepancy principle: ``lam`` starts large (solved coarse to fine) and shrinks by tenths, per sample, while the fit is worse than the noise, which is never taken below
-    8-bit rounding's (``QUANTIZATION``): a blurred image holds no detail finer than its rounding, and fitting
-    that would amplify it."""
+    (module docstring). Morozov's discrepancy principle: ``lam`` starts large (solved coarse to fine) and
+    shrinks by tenths, per sample, while the fit is worse than the noise, which is never taken below 8-bit
+    rounding's (``QUANTIZATION``): a blurred image holds no detail finer than its rounding, and fitting that
+    would amplify it."""
     full = operator.output_size
     target = max(noise_sigma, QUANTIZATION) ** 2
     first = SMOOTHNESS[0] if noise_sigma > QUANTIZATION else SMOOTHNESS[1]  # rounding alone needs little smoothing

@@ -38,10 +38,12 @@ def as_geometry(region, name: str = "region") -> BaseGeometry:
         geometry = shapely.make_valid(geometry)
         warnings.warn(f"{name} was not a valid polygon ({reason}); repaired with shapely.make_valid", stacklevel=3)
     geometry = shapely.intersection(geometry, CANVAS)
-    polygons = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, (shapely.Polygon, shapely.MultiPolygon))]
+    polygons = [g for g in getattr(geometry, "geoms", [geometry])
+                if isinstance(g, (shapely.Polygon, shapely.MultiPolygon))]
     area = sum(g.area for g in polygons)
     if area <= MIN_AREA:  # slivers left by clipping are not regions (and do not survive a second pass)
-        raise ValueError(f"{name} covers no area of the canvas [0, 1] x [0, 1]: {shapely.to_wkt(geometry, rounding_precision=4)}")
+        raise ValueError(f"{name} covers no area of the canvas [0, 1] x [0, 1]: "
+                         f"{shapely.to_wkt(geometry, rounding_precision=4)}")
     return shapely.union_all(polygons)
 
 

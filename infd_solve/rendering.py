@@ -243,30 +243,7 @@ def render_bands(
     height, width = size
     batch = phi.shape[0]
     tiles = list(_tiles(height, width, tile))
-    if mode == "official":
-        margin, norms = pad, []
-    else:
-        margin = renderer.receptive_radius
-        norms = [] if renderer.is_local else [_GridNorm(n, batch, phi.device) for n in renderer.norm_layers]
-
-    def norm_fn(stage, centre):
-        def apply(index, layer, h):
-            if index < stage:
-                return norms[index].apply(h)
-            norms[index].add(h[(..., *centre)])  # statistics over the tile itself, not its margin
-            raise _StatsCollected
-
-        return apply
-
-    # a local renderer continues the lattice beyond a box's edge, as render_box does; a normalizing one renders
-    # exactly the grid, as one call over it would
-    limits = _canvas_limits(box, size, margin) if mode == "exact" and not norms else (0, height, 0, width)
-
-    def window(r0, r1, c0, c1, stage):
-        rows, cols, centre = _window((r0, r1, c0, c1), margin, limits)
-        coord, cell = pixel_grid(box, size, rows, cols, phi.device, phi.dtype)
-        return renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)[(..., *centre)]
-
+    window, norms = _tile_window(renderer, phi, size, pad, mode, box)
     bar = tqdm(total=len(tiles) * (len(norms) + 1), desc=f"render {height}x{width}", disable=not progress)
     for stage in range(len(norms)):  # one statistics pass per norm layer
         for r0, r1, c0, c1 in tiles:
@@ -294,6 +271,39 @@ def render_bands(
             bar.update()
         yield r0, band
     bar.close()
+
+
+def _tile_window(renderer: CLIFRenderer, phi: torch.Tensor, size: tuple[int, int], pad: int, mode: str, box: Box):
+    """What :func:`render_bands` renders a tile with: ``window(r0, r1, c0, c1, stage)``, the tile's pixels,
+    rendered over it and its margin (``pad`` in the official mode, else the renderer's receptive radius), and
+    the streamed GroupNorm statistics (none for a local renderer or the official mode). At a ``stage`` below
+    the number of norms, the tile only adds to that norm's statistics and raises ``_StatsCollected``."""
+    height, width = size
+    if mode == "official":
+        margin, norms = pad, []
+    else:
+        margin = renderer.receptive_radius
+        norms = [] if renderer.is_local else [_GridNorm(n, phi.shape[0], phi.device) for n in renderer.norm_layers]
+
+    def norm_fn(stage, centre):
+        def apply(index, layer, h):
+            if index < stage:
+                return norms[index].apply(h)
+            norms[index].add(h[(..., *centre)])  # statistics over the tile itself, not its margin
+            raise _StatsCollected
+
+        return apply
+
+    # a local renderer continues the lattice beyond a box's edge, as render_box does; a normalizing one renders
+    # exactly the grid, as one call over it would
+    limits = _canvas_limits(box, size, margin) if mode == "exact" and not norms else (0, height, 0, width)
+
+    def window(r0, r1, c0, c1, stage):
+        rows, cols, centre = _window((r0, r1, c0, c1), margin, limits)
+        coord, cell = pixel_grid(box, size, rows, cols, phi.device, phi.dtype)
+        return renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)[(..., *centre)]
+
+    return window, norms
 
 
 def render_image(renderer: CLIFRenderer, phi: torch.Tensor, size: tuple[int, int], tile: int = 256, pad: int = 8,

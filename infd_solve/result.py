@@ -79,7 +79,8 @@ class Result:
             out[c.name] = {k: v.double().cpu().tolist() for k, v in scores.items()}
             if c.name in corrections:
                 fix = corrections[c.name]
-                out[c.name] |= {"model_fit": fix.fit_db.double().cpu().tolist(), "trust": fix.gain.double().cpu().tolist()}
+                out[c.name] |= {"model_fit": fix.fit_db.double().cpu().tolist(),
+                                "trust": fix.gain.double().cpu().tolist()}
             if unguided is not None:
                 skipped = unguided.get(c.name, ())
                 out[c.name]["guided"] = [float(i not in skipped) for i in range(len(self.field))]

@@ -248,8 +248,9 @@ def time_guided_steps(args, device):
     region_mean = statistics.mean(r["seconds"] for r in rows if r["method"] == "region")
     saved = denoiser["forward + backward"] - denoiser["forward"]
     print(f"\nx0 vs dps: x0 saves only the denoiser's backward pass ({saved:.4f} s; denoiser forward "
-          f"{denoiser['forward']:.4f} s, with backward {denoiser['forward + backward']:.4f} s) of a {region_mean:.3f} s "
-          f"DPS step, so x0 can be at most {region_mean / max(region_mean - saved, 1e-9):.2f}x faster on this model: "
+          f"{denoiser['forward']:.4f} s, with backward {denoiser['forward + backward']:.4f} s) of a "
+          f"{region_mean:.3f} s DPS step, so x0 can be at most "
+          f"{region_mean / max(region_mean - saved, 1e-9):.2f}x faster on this model: "
           f"the rest (decoder, renderer, CLIP, forward and backward) is the same in both.\n  {ceiling_text(denoiser)}")
     print(f"the decoder (forward + backward) takes {share:.4f} s of a {region_mean:.3f} s DPS step "
           f"({100 * share / region_mean:.1f}%): decoding only the latent window under each box could save at most "
@@ -258,7 +259,8 @@ def time_guided_steps(args, device):
     if args.x0_architecture:
         official = x0_on_architecture(official_architecture(args.x0_architecture), constraints, 1)
         print(f"\nx0 vs dps on the architecture of {args.x0_architecture} (random weights, 3 boxes): "
-              f"dps {official['dps']:.2f} s/step, x0 {official['x0']:.2f} s/step: {official['dps'] / official['x0']:.2f}x"
+              f"dps {official['dps']:.2f} s/step, x0 {official['x0']:.2f} s/step: "
+              f"{official['dps'] / official['x0']:.2f}x"
               f"\n  {ceiling_text(official['denoiser_seconds'])}")
     if args.json:
         with atomic_path(args.json) as tmp:

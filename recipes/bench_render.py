@@ -109,7 +109,8 @@ def add_ratios(rows: list[dict]) -> int:
     return ref_size
 
 
-HEADER = f"{'size':>6}  {'mode':<8}  {'seconds':>9}  {'peak MB':>9}  {'out MB':>8}  {'t x':>7}  {'mem x':>6}  {'px x':>6}"
+HEADER = (f"{'size':>6}  {'mode':<8}  {'seconds':>9}  {'peak MB':>9}  {'out MB':>8}  {'t x':>7}  {'mem x':>6}  "
+          f"{'px x':>6}")
 
 
 def format_row(r: dict) -> str:

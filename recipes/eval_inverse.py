@@ -1,5 +1,5 @@
 """The standard benchmark of zero-shot inverse solvers (the protocol of DPS, Chung et al. 2023, and its
-successors), run as jobs of the batch runner (``infd_solve/batch.py``).
+successors), run as jobs of the batch runner (``infd_solve/batch``).
 
     python recipes/eval_inverse.py                          # 8 held-out scenes per task, 50 steps
     python recipes/eval_inverse.py --scenes 2 --steps 10    # a quick look

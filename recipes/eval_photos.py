@@ -258,7 +258,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         for variant, values in row["variants"].items():
             groups.setdefault((row["kind"], row["size"], row["task"], variant), []).append(values)
     table = []
-    for (kind, size, task, variant), values in sorted(groups.items(), key=lambda kv: (kv[0][:3], VARIANTS.index(kv[0][3]))):
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][:3], VARIANTS.index(kv[0][3])))
+    for (kind, size, task, variant), values in ordered:
         mean = {k: float(np.mean([min(v[k], 99.0) for v in values])) for k in values[0]}
         worst = {f"min {k}": float(np.min([v[k] for v in values])) for k in ("known", "consistency") if k in values[0]}
         table.append({"kind": kind, "size": size, "task": task, "variant": variant, "n": len(values)} | mean | worst)

@@ -84,8 +84,8 @@ def table(rows: list[dict]) -> str:
         for name in held[0]["before"]:
             mean = lambda rs, key: float(np.mean([r[key][name] for r in rs]))  # noqa: E731
             spread = float(np.std([r["before"][name] for r in held]))
-            lines.append(f"| {layout} | {name} | {mean(held, 'before'):.3f} ± {spread:.3f} | {mean(held, 'after'):.3f} | "
-                         f"{mean(free, 'after'):.3f} |")
+            lines.append(f"| {layout} | {name} | {mean(held, 'before'):.3f} ± {spread:.3f} | "
+                         f"{mean(held, 'after'):.3f} | {mean(free, 'after'):.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -145,7 +145,8 @@ def main(argv=None):
                     for scored_by, cs in (("square views", viewed), ("squashed", squashed)):
                         scores[scored_by] += [c.similarity(result.render(c.size, c.box)).item() for c in cs]
             for scored_by, values in scores.items():
-                table[f"example layout guided by {guided_by}: CLIP similarity seen as {scored_by}"] = float(np.mean(values))
+                key = f"example layout guided by {guided_by}: CLIP similarity seen as {scored_by}"
+                table[key] = float(np.mean(values))
     table["wall time (s)"] = round(time.time() - start, 1)
 
     cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance,

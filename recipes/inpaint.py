@@ -1,4 +1,5 @@
-"""Inpainting at any size: the ``infd-inpaint`` command, runnable from a checkout (``python recipes/inpaint.py --help``).
+"""Inpainting at any size: the ``infd-inpaint`` command, runnable from a checkout
+(``python recipes/inpaint.py --help``).
 
 The program is :mod:`infd_solve.cli.inpaint`; this file only runs it.
 """

@@ -1,4 +1,5 @@
-"""Layout to image: the ``infd-layout`` command, runnable from a checkout (``python recipes/layout_to_image.py --help``).
+"""Layout to image: the ``infd-layout`` command, runnable from a checkout
+(``python recipes/layout_to_image.py --help``).
 
 The program is :mod:`infd_solve.cli.layout`; this file only runs it.
 """

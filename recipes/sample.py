@@ -1,4 +1,5 @@
-"""Unconditional samples at any size: the ``infd-sample`` command, runnable from a checkout (``python recipes/sample.py --help``).
+"""Unconditional samples at any size: the ``infd-sample`` command, runnable from a checkout
+(``python recipes/sample.py --help``).
 
 The program is :mod:`infd_solve.cli.sample`; this file only runs it.
 """

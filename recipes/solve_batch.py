@@ -6,7 +6,7 @@
     python recipes/solve_batch.py JOBS.jsonl --out outputs/batch --import my_constraints.py   # your own item types
 
 Each line is a job: a layout (a file or an inline object) or a super-resolution / inpainting / deblurring
-task on an image, with its seed and settings; the format is in ``infd_solve/batch.py``. Every line is
+task on an image, with its seed and settings; the format is in ``infd_solve/batch/__init__.py``. Every line is
 checked, and every job built once, before any work. Jobs go to the processes round-robin; each job writes
 ``OUT/jobs/<id>/`` (its images, then ``record.json``: settings, report, metrics, timings, written paths),
 every file atomically; rank 0 merges ``OUT/summary.csv`` and ``OUT/summary.md`` at the end. Run the same
@@ -38,7 +38,7 @@ def build_parser(prog: str = PROG):
     from infd_solve import cli
 
     p = cli.new_parser(prog, __doc__)
-    p.add_argument("jobs", type=Path, help="JSON Lines file of jobs (format: infd_solve/batch.py)")
+    p.add_argument("jobs", type=Path, help="JSON Lines file of jobs (format: infd_solve/batch/__init__.py)")
     p.add_argument("--out", type=Path, required=True, help="output directory (jobs/<id>/, summary.csv, summary.md)")
     p.add_argument("--model", default="default",
                    help='"default" (the shipped model), a directory saved by INFDModel.save, or an official .pth')

@@ -1,4 +1,5 @@
-"""Super-resolution at any size: the ``infd-sr`` command, runnable from a checkout (``python recipes/super_resolution.py --help``).
+"""Super-resolution at any size: the ``infd-sr`` command, runnable from a checkout
+(``python recipes/super_resolution.py --help``).
 
 The program is :mod:`infd_solve.cli.super_resolution`; this file only runs it.
 """

@@ -68,7 +68,8 @@ def main(argv=None):
         "image_size": config.z_shape[1], "in_channels": config.z_shape[0], "out_channels": config.z_shape[0],
         "model_channels": args.model_channels, "channel_mult": args.channel_mult, "num_res_blocks": args.res_blocks,
         "attention_resolutions": args.attention, "num_head_channels": args.head_channels})
-    config.scheduler = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0015, "beta_end": 0.0195}
+    config.scheduler = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0015,
+                        "beta_end": 0.0195}
     model = INFDModel(config)
     model.load_state_dict(ae.state_dict(), strict=False)  # everything but the new denoiser
     unet, scheduler = model.unet, model.scheduler

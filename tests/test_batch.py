@@ -207,7 +207,8 @@ def test_the_unrefined_sample_is_the_sample_without_refinement(folder, gaussian_
     assert (refined / "unrefined.png").read_bytes() == (plain / "output.png").read_bytes()
     record = json.loads((refined / "record.json").read_text())
     # both outputs are made consistent with the observation; the model alone explains it better after refinement
-    before, after = record["unrefined"]["report"]["low-res"]["model_fit"][0], record["report"]["low-res"]["model_fit"][0]
+    before = record["unrefined"]["report"]["low-res"]["model_fit"][0]
+    after = record["report"]["low-res"]["model_fit"][0]
     assert after > before and "metrics" in record["unrefined"]
     assert json.loads((plain / "record.json").read_text())["report"]["low-res"]["model_fit"][0] == pytest.approx(before)
 

@@ -48,7 +48,8 @@ def test_a_hole_is_filled_harmonically_and_known_values_are_met():
     assert (r - harmonic_fill(image, mask)).abs().max() < 2 / 255
 
 
-@pytest.mark.parametrize("make", [lambda: Downsample((96, 96), (24, 24)), lambda: Downsample((80, 80), (16, 16), "bicubic"),
+@pytest.mark.parametrize("make", [lambda: Downsample((96, 96), (24, 24)),
+                                  lambda: Downsample((80, 80), (16, 16), "bicubic"),
                                   lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)), lambda: ColourMix((40, 40))],
                          ids=["area", "bicubic", "blur", "user operator"])
 def test_any_linear_operator_is_explained(make):

@@ -50,7 +50,8 @@ def run(problem, steps, family="dps", batch=BATCH, objective=None, callback=None
 # steps, and the least standard deviation it must keep on the free ones (measured: DAPS and ReSample draw the
 # free coordinates with about 0.76-0.80 of the prior's, DPS and MPGD 0.86-0.96)
 FAMILIES = {"dps": ({"guidance_scale": 0.1}, 0.2, 0.05, 0.8), "mpgd": ({"guidance_scale": 0.1}, 0.2, 0.05, 0.8),
-            "daps": ({"guidance_scale": 1e-3, "langevin_steps": 20}, 0.1, 0.05, 0.7), "resample": ({"guidance_scale": 4.0}, 0.2, 0.1, 0.7)}
+            "daps": ({"guidance_scale": 1e-3, "langevin_steps": 20}, 0.1, 0.05, 0.7),
+            "resample": ({"guidance_scale": 4.0}, 0.2, 0.1, 0.7)}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -158,12 +158,14 @@ class RefDecoder(nn.Module):
 
 def encoder_stack(args):
     a = STACK_DEFAULTS | args
-    return nn.Sequential(RefEncoder(**{k: a[k] for k in STACK_DEFAULTS}), nn.Conv2d(a["z_channels"], a["z_channels"], 1))
+    return nn.Sequential(RefEncoder(**{k: a[k] for k in STACK_DEFAULTS}),
+                         nn.Conv2d(a["z_channels"], a["z_channels"], 1))
 
 
 def decoder_stack(args):
     a = STACK_DEFAULTS | args
-    return nn.Sequential(nn.Conv2d(a["z_channels"], a["z_channels"], 1), RefDecoder(**{k: a[k] for k in STACK_DEFAULTS}))
+    return nn.Sequential(nn.Conv2d(a["z_channels"], a["z_channels"], 1),
+                         RefDecoder(**{k: a[k] for k in STACK_DEFAULTS}))
 
 
 class RefRendererNet(nn.Module):
@@ -198,7 +200,8 @@ class UResnet(nn.Module):
         super().__init__()
         self.in_layers = nn.Sequential(unet_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb, cout))
-        self.out_layers = nn.Sequential(unet_norm(cout), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, padding=1))
+        self.out_layers = nn.Sequential(unet_norm(cout), nn.SiLU(), nn.Dropout(0.0),
+                                        nn.Conv2d(cout, cout, 3, padding=1))
         self.skip_connection = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, emb):
@@ -365,7 +368,8 @@ def official_checkpoint(official_path, enc_args, dec_args, unet_args, seed):
             "renderer": {"name": "renderer_concat_wrapper", "args": {
                 "z_dec_channels": field, "net": {"name": "simple_renderer_net", "args": {"hidden_channels": 32}}}},
             "loss_cfg": {"gan_g_loss": 0.75}, "adaptive_gan_weight": True}
-    refs = {"encoder": perturb_norms(encoder_stack(enc_args), seed), "decoder": perturb_norms(decoder_stack(dec_args), seed + 1)}
+    refs = {"encoder": perturb_norms(encoder_stack(enc_args), seed),
+            "decoder": perturb_norms(decoder_stack(dec_args), seed + 1)}
     sd = prefixed("encoder.", refs["encoder"])
     sd["quantizer.embedding.weight"] = torch.randn(64, 3)
     sd |= prefixed("decoder.", refs["decoder"])
@@ -443,7 +447,8 @@ def test_first_level_widening_is_in_the_first_resnet():
 
 def test_denoiser_time_embedding_keeps_official_width():
     config = config_from_official({"name": "infd", "args": {
-        "encoder": {"name": "encoder_vqf4", "args": stack([1, 2])}, "decoder": {"name": "decoder_vqf4", "args": stack([1, 2])},
+        "encoder": {"name": "encoder_vqf4", "args": stack([1, 2])},
+        "decoder": {"name": "decoder_vqf4", "args": stack([1, 2])},
         "z_shape": [3, 8, 8], "renderer": {"name": "renderer_concat_wrapper", "args": {
             "z_dec_channels": 32, "net": {"name": "simple_renderer_net", "args": {"hidden_channels": 32}}}},
         "z_dm": {"name": "openai_unet", "args": {"model_channels": 32, "channel_mult": [2, 1]}}}})
@@ -457,7 +462,8 @@ def test_denoiser_time_embedding_keeps_official_width():
 def _args(enc, dec, z_dec_channels):
     return {"encoder": {"name": "encoder_vqf4", "args": enc}, "decoder": {"name": "decoder_vqf4", "args": dec},
             "z_shape": [3, 8, 8], "renderer": {"name": "renderer_concat_wrapper", "args": {
-                "z_dec_channels": z_dec_channels, "net": {"name": "simple_renderer_net", "args": {"hidden_channels": 32}}}}}
+                "z_dec_channels": z_dec_channels,
+                "net": {"name": "simple_renderer_net", "args": {"hidden_channels": 32}}}}}
 
 
 @pytest.mark.parametrize("enc, dec, z_dec, message", [

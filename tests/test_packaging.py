@@ -60,6 +60,9 @@ def test_regular_wheel(source, tmp_path):
     assert "infd_solve/pretrained/default/clip/open_clip_config.json" in names
     assert "infd_solve/pretrained/MODEL_CARD.md" in names
     assert not any(n.split("/")[0] in ("constraints", "recipes", "pretrained", "tests") for n in names)
+    # every package of the source tree is in the wheel (a subpackage missing from pyproject.toml is not)
+    for init in (source / "infd_solve").rglob("__init__.py"):
+        assert f"infd_solve/{init.relative_to(source / 'infd_solve').as_posix()}" in names, init
     found = install_and_probe(wheel, tmp_path / "env")
     site = str(tmp_path / "env")
     assert found["infd_solve.constraints"].startswith(site)
@@ -69,8 +72,10 @@ def test_regular_wheel(source, tmp_path):
     # the commands are installed as console scripts
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command, target in (("infd-layout", "infd_solve.cli.layout:main"), ("infd-sr", "infd_solve.cli.super_resolution:main"),
-                            ("infd-inpaint", "infd_solve.cli.inpaint:main"), ("infd-sample", "infd_solve.cli.sample:main")):
+    for command, target in (("infd-layout", "infd_solve.cli.layout:main"),
+                            ("infd-sr", "infd_solve.cli.super_resolution:main"),
+                            ("infd-inpaint", "infd_solve.cli.inpaint:main"),
+                            ("infd-sample", "infd_solve.cli.sample:main")):
         assert f"{command} = {target}" in text
         assert (tmp_path / "env" / "bin" / command).is_file()
 

@@ -106,7 +106,8 @@ def test_loss_plot_keeps_exact_fits(local_model, tmp_path, monkeypatch):
     """A loss of exactly 0 (an exact fit) would vanish from a log axis; the plot switches to symlog."""
     import infd_solve.viz
 
-    result = Solver(local_model, steps=3, guidance_scale=0.0, progress=False).solve([Brightness(0, (0, 0, 1, 1))], seed=0)
+    result = Solver(local_model, steps=3, guidance_scale=0.0, progress=False).solve(
+        [Brightness(0, (0, 0, 1, 1))], seed=0)
     scales = []
     save = infd_solve.viz.save_figure
     monkeypatch.setattr(infd_solve.viz, "save_figure",
@@ -126,7 +127,8 @@ def test_nan_loss_is_skipped_and_reported(local_model):
             loss = patch.square().mean((1, 2, 3))
             return loss * torch.tensor([float("nan"), 1.0]) if Flaky.calls == 2 else loss
 
-    result = Solver(local_model, steps=5, guidance_scale=0.05, progress=False).solve([Flaky(size=8)], batch_size=2, seed=0)
+    result = Solver(local_model, steps=5, guidance_scale=0.05, progress=False).solve(
+        [Flaky(size=8)], batch_size=2, seed=0)
     assert torch.isfinite(result.latent).all()
     assert result.history["skipped"] == [[], [0], [], [], []]
 
@@ -135,7 +137,8 @@ def test_what_a_constraint_sees_vs_the_delivered_image(local_model, normalized_m
     cs = [Brightness(0.5, (0.25, 0.5, 0.75, 0.75)), ColorMatch("#ffffff", (0.0, 0.0, 0.5, 0.5), size=(20, 20))]
     local = Solver(local_model, steps=5, guidance_scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
     assert all(torch.isinf(v).all() or (v > 100).all() for v in local.values())  # exactly the final pixels
-    official = Solver(normalized_model, steps=5, guidance_scale=0.01, progress=False).solve(cs, seed=0).constraint_gaps()
+    official = Solver(normalized_model, steps=5, guidance_scale=0.01, progress=False).solve(
+        cs, seed=0).constraint_gaps()
     assert all((v < 60).all() for v in official.values())  # GroupNorm over each grid: a real, measured gap
 
 
@@ -156,7 +159,8 @@ def test_result_render_and_save(local_model, tmp_path):
 def test_clip_box_with_real_open_clip_model(gaussian_model, tiny_clip):
     clip_box = ClipBox("snowy mountains", (0.0, 0.0, 0.5, 0.5), clip=tiny_clip, negative_prompts=["a lake"])
     assert clip_box.size == (32, 32)
-    guided = Solver(gaussian_model, steps=10, guidance_scale=20.0, progress=False).solve([clip_box], batch_size=2, seed=3)
+    guided = Solver(gaussian_model, steps=10, guidance_scale=20.0, progress=False).solve(
+        [clip_box], batch_size=2, seed=3)
     plain = Solver(gaussian_model, steps=10, guidance_scale=0.0, progress=False).solve([clip_box], batch_size=2, seed=3)
     sim = lambda r: clip_box.similarity(r.render((32, 32), clip_box.box))
     assert (sim(guided) > sim(plain)).all()

@@ -58,8 +58,9 @@ def new_parser(prog: str, doc: str) -> Parser:
     """A command's parser: one-line errors; its docstring, as plain text, gives the description (the first
     paragraph) and the epilog (the rest: usage examples, outputs, exit codes)."""
     description, _, epilog = plain_text(doc).partition("\n\n")
+    # no abbreviations: --guidance != --guidance-scale
     return Parser(prog=prog, description=description, epilog=epilog or None, allow_abbrev=False,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)  # no abbreviations: --guidance != --guidance-scale
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run_command(build_parser, run, argv, prog: str):

@@ -25,8 +25,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
-               new_parser, observation_outputs, run_command, solve_observation)
+from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures,
+               load_sampling_model, new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-inpaint"
 

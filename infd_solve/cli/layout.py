@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures, print_notes,
-               import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device, run_command)
+               import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device,
+               run_command)
 
 PROG = "infd-layout"
 

@@ -28,8 +28,8 @@ import math
 import sys
 from pathlib import Path
 
-from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures, load_sampling_model,
-               new_parser, observation_outputs, run_command, solve_observation)
+from . import (add_run_arguments, options_summary, check_solver_arguments, exit_status, guidance_failures,
+               load_sampling_model, new_parser, observation_outputs, run_command, solve_observation)
 
 PROG = "infd-sr"
 
@@ -95,8 +95,8 @@ def run(parser, args) -> dict:
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
           f"noise sigma {args.noise_sigma:g}, {options_summary(args)}, seed {args.seed}")
     result, written, scores = solve_observation(args, model, constraint, (size, size))
-    print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = {scores['psnr']:.2f} dB "
-          f"on the {n}x{n} input grid")
+    print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = "
+          f"{scores['psnr']:.2f} dB on the {n}x{n} input grid")
     written.append(plot_super_resolution(y, written[0], compare))
     print(written[-1])
     guidance_failures(result, args.prog)

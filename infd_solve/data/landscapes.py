@@ -322,7 +322,14 @@ def _sky(scene, X, Y, cx, cy, style):
 
     if scene.time == "night":
         rgb += _stars(scene, X, Y, cx, cy)[..., None] * np.array((0.95, 0.97, 1.0), np.float32)
+    _orb(scene, rgb, lab, X, Y, cx, cy, style)
+    _clouds(scene, rgb, lab, X, Y, cx, cy, style)
+    return rgb, lab
 
+
+def _orb(scene, rgb, lab, X, Y, cx, cy, style):
+    """Sun or moon (with maria) and its glow, drawn into rgb and lab in place."""
+    H, W = len(Y), len(X)
     ox, oy, rad = scene.orb
     dx = (X - ox).astype(np.float32)
     dy = (Y - oy).astype(np.float32)[:, None]
@@ -349,6 +356,9 @@ def _sky(scene, X, Y, cx, cy, style):
         _over(rgb, disc, orb_col)
     lab[disc > 0.5] = MOON if scene.time == "night" else SUN
 
+
+def _clouds(scene, rgb, lab, X, Y, cx, cy, style):
+    """Clouds, lit from above, drawn into rgb and lab in place."""
     cover, freq = scene.cloud
     if cover > 0.05:
         # Clouds thin out toward the horizon; only rows above it need the noise.
@@ -372,7 +382,6 @@ def _sky(scene, X, Y, cx, cy, style):
             _over(sub, alpha, ccol)
             rgb[rows] = sub
             lab[rows] = np.where(alpha > 0.5, CLOUD, lab[rows])
-    return rgb, lab
 
 
 def _stars(scene, X, Y, cx, cy):

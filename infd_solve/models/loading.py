@@ -26,7 +26,8 @@ def load_pretrained(directory: str | Path) -> INFDModel:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise MissingCheckpointError(f"{path} not found: an infd-solve model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise MissingCheckpointError(
+                f"{path} not found: an infd-solve model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -44,7 +45,8 @@ def load_pretrained(directory: str | Path) -> INFDModel:
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+        raise CheckpointError(
+            f"{weights_path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
     load_checked_state_dict(model, state, weights_path)
     return model.eval()
 

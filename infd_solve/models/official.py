@@ -152,7 +152,8 @@ def _key_table(config: INFDConfig, unet_prefix: str) -> list[tuple[str, str, str
             ("decoder.0.", "decoder.post_quant_conv.", "plain"),
             ("decoder.1.conv_in.", "decoder.net.conv_in.", "plain")]
     for src, dst in (("encoder.0.mid.", "encoder.net.mid_block."), ("decoder.1.mid.", "decoder.net.mid_block.")):
-        rows += [(src + "block_1.", dst + "resnets.0.", "vq_resnet"), (src + "attn_1.", dst + "attentions.0.", "vq_attn"),
+        rows += [(src + "block_1.", dst + "resnets.0.", "vq_resnet"),
+                 (src + "attn_1.", dst + "attentions.0.", "vq_attn"),
                  (src + "block_2.", dst + "resnets.1.", "vq_resnet")]
     enc, dec = config.encoder, config.decoder
     for level in range(len(enc.ch_mult)):
@@ -198,10 +199,12 @@ def _unet_table(unet: dict, prefix: str) -> list[tuple[str, str, str]]:
         for i in range(per_level):
             rows.append((f"{prefix}input_blocks.{block}.0.", f"unet.down_blocks.{level}.resnets.{i}.", "unet_resnet"))
             if attn[level]:
-                rows.append((f"{prefix}input_blocks.{block}.1.", f"unet.down_blocks.{level}.attentions.{i}.", "unet_attn"))
+                rows.append((f"{prefix}input_blocks.{block}.1.", f"unet.down_blocks.{level}.attentions.{i}.",
+                             "unet_attn"))
             block += 1
         if level < levels - 1:
-            rows.append((f"{prefix}input_blocks.{block}.0.op.", f"unet.down_blocks.{level}.downsamplers.0.conv.", "plain"))
+            rows.append((f"{prefix}input_blocks.{block}.0.op.", f"unet.down_blocks.{level}.downsamplers.0.conv.",
+                         "plain"))
             block += 1
     block = 0
     for level in reversed(range(levels)):
@@ -212,7 +215,8 @@ def _unet_table(unet: dict, prefix: str) -> list[tuple[str, str, str]]:
                 rows.append((f"{prefix}output_blocks.{block}.1.", f"unet.up_blocks.{up}.attentions.{i}.", "unet_attn"))
             if level > 0 and i == per_level:
                 position = 2 if attn[level] else 1
-                rows.append((f"{prefix}output_blocks.{block}.{position}.conv.", f"unet.up_blocks.{up}.upsamplers.0.conv.", "plain"))
+                rows.append((f"{prefix}output_blocks.{block}.{position}.conv.",
+                             f"unet.up_blocks.{up}.upsamplers.0.conv.", "plain"))
             block += 1
     return rows
 

@@ -83,7 +83,8 @@ class RendererConfig:
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
         if self.normalize and self.hidden_channels % 32:
-            raise ValueError(f"hidden_channels must be a multiple of 32 with normalize=True (got {self.hidden_channels})")
+            raise ValueError(
+                f"hidden_channels must be a multiple of 32 with normalize=True (got {self.hidden_channels})")
 
     def to_dict(self) -> dict:
         return asdict(self)

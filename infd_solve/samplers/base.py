@@ -56,7 +56,8 @@ class Problem:
         acp = self.alphas_cumprod.double().tolist()
         for i, t in enumerate(self.timesteps):
             last = i + 1 == len(self.timesteps)
-            yield i, t, acp[t], 1.0 if last else acp[self.timesteps[i + 1]], t + 1 if last else t - self.timesteps[i + 1]
+            yield (i, t, acp[t], 1.0 if last else acp[self.timesteps[i + 1]],
+                   t + 1 if last else t - self.timesteps[i + 1])
 
     def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor:
         return self.denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))

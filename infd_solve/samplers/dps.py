@@ -33,7 +33,8 @@ def dps(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, eta: 
             grad = gradient(loss, x_in)
         grad, skipped = confined(problem, grad, loss, i, t, max_grad_norm)
         noise = next(noises) if eta > 0 and a_prev < 1 else None
-        x = ddim_step(x0.detach(), eps.detach(), a, a_prev, eta, noise) - guidance_scale * min(stride, MAX_STRIDE) * grad
+        x = (ddim_step(x0.detach(), eps.detach(), a, a_prev, eta, noise)
+             - guidance_scale * min(stride, MAX_STRIDE) * grad)
         if unguided is not None:
             x = unguided.step(x, t, a, a_prev, eta, noise)
         report(callback, i=i, t=t, x=x, x0=x0.detach(), loss=loss.detach(), terms=terms, skipped=skipped,
