@@ -15,10 +15,10 @@ inpainting or deblurring of an image. Examples::
 Fields of every job: ``id`` (names its output folder; default ``line<N>``), ``seed`` (default 0: sample i
 of the job uses seed + i, so the seed alone decides its noise), ``method`` (``"dps"``, the default: the
 guided :class:`~infd_solve.Solver`; ``"prior"``: an unguided sample from the same seed; ``"classical"``,
-tasks only: bicubic upsampling, zero-filled holes, or the blurred image itself), ``save_unrefined``
+tasks only: bicubic upsampling, a harmonic fill of the holes, or Wiener deconvolution), ``save_unrefined``
 (``"dps"`` only: also save and score the sample as it was before the refinement steps, at no extra cost),
-and the solver options of layouts: ``steps``, ``guidance``, ``guidance_scale``, ``eta``, ``normalize``,
-``max_grad_norm``, ``refine_steps``. A layout job may also set ``canvas`` and ``batch_size``; these fields
+``sampler`` and every solver option of that sampler (:mod:`infd_solve.options`: ``steps``,
+``guidance_scale``, ``eta``, ``refine_steps``, ...). A layout job may also set ``canvas`` and ``batch_size``; these fields
 override the layout's own.
 
 Task jobs: ``task`` (``"sr"``, ``"inpaint"``, ``"deblur"``); either ``image`` (the observation itself) or
