@@ -112,3 +112,19 @@ def ffhq_layout() -> tuple[dict, dict]:
             key, shape, _dtype = line.split("\t")
             shapes[key] = tuple(json.loads(shape))
     return args, shapes
+
+
+def colour_mix_operator(size):
+    """A user's operator, as one would write it (no adjoint, no coarser form): a camera whose sensor mixes the
+    colour channels."""
+    from infd_solve.operators import Operator
+
+    class ColourMix(Operator):
+        def __init__(self, size):
+            super().__init__(size, size)
+            self.register_buffer("mixing", torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]]))
+
+        def forward(self, x):
+            return torch.einsum("ij,bjhw->bihw", self.mixing.to(x), x)
+
+    return ColourMix(size)

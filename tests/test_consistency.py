@@ -13,27 +13,16 @@ from infd_solve.constraints import LowResObservation, MaskedObservation, Observa
 from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.fidelity import GaussianFidelity
 from infd_solve.io import load_image
-from infd_solve.operators import Blur, Downsample, Mask, Operator, gaussian_kernel
+from infd_solve.operators import Blur, Downsample, Mask, gaussian_kernel
 from infd_solve.rendering import FULL_CANVAS
 
-from .helpers import REPO
+from .helpers import REPO, colour_mix_operator
 
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
 
 
 def _psnr(a, b, weight=None):
     return float(GaussianFidelity.psnr(a, b, weight).min())
-
-
-class ColourMix(Operator):
-    """A user's operator (no adjoint, no coarser form): the sensor mixes the colour channels."""
-
-    def __init__(self, size):
-        super().__init__(size, size)
-        self.register_buffer("mixing", torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]]))
-
-    def forward(self, x):
-        return torch.einsum("ij,bjhw->bihw", self.mixing.to(x), x)
 
 
 # ------------------------------------------------------------------------------------------ the solve alone
@@ -50,7 +39,7 @@ def test_a_hole_is_filled_harmonically_and_known_values_are_met():
 
 @pytest.mark.parametrize("make", [lambda: Downsample((96, 96), (24, 24)),
                                   lambda: Downsample((80, 80), (16, 16), "bicubic"),
-                                  lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)), lambda: ColourMix((40, 40))],
+                                  lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)), lambda: colour_mix_operator((40, 40))],
                          ids=["area", "bicubic", "blur", "user operator"])
 def test_any_linear_operator_is_explained(make):
     """Whatever an image behind the observation was, the correction explains the observation up to 8-bit
@@ -131,7 +120,7 @@ def test_a_photo_comes_back_at_least_as_good_as_bicubic_and_consistent_at_any_si
 def test_a_users_operator_gets_the_guarantee(model):
     """An Observation with an operator written here guides, is scored, and its result explains the image."""
     truth = scene_tensor(TEST_SEED_OFFSET + 23, 48)
-    camera = ColourMix((48, 48))
+    camera = colour_mix_operator((48, 48))
     observation = Observation(camera(truth), camera, name="mixed")
     result = infd_solve.Solver(model, steps=10, refine_steps=5, progress=False).solve([observation], seed=0)
     (correction,) = result.corrections

@@ -8,16 +8,7 @@ from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.fidelity import GaussianFidelity, weighted_mse
 from infd_solve.operators import Blur, Downsample, Mask, Operator, coarsen_observation, resample
 
-
-class ColourMix(Operator):
-    """A user's operator: a camera whose sensor mixes the colour channels (linear, no adjoint given)."""
-
-    def __init__(self, size):
-        super().__init__(size, size)
-        self.register_buffer("mixing", torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]]))
-
-    def forward(self, x):
-        return torch.einsum("ij,bjhw->bihw", self.mixing.to(x), x)
+from .helpers import colour_mix_operator
 
 
 def _mask(size=24):
@@ -34,7 +25,7 @@ OPERATORS = {
     "render": lambda: Downsample((24, 24), (24, 24)),
     "area, non-integer": lambda: Downsample((50, 40), (15, 12), "area"),
     "blur": lambda: Blur({"type": "motion", "size": 7, "length": 5, "seed": 1}, (24, 24)),
-    "user colour mix": lambda: ColourMix((24, 24)),
+    "user colour mix": lambda: colour_mix_operator((24, 24)),
 }
 
 
