@@ -12,12 +12,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .rendering import check_size
+
 
 def bicubic(image: torch.Tensor, size) -> torch.Tensor:
     """Bicubic upsampling to ``size`` (an int or ``(height, width)``; PyTorch's, as PIL's without antialiasing),
     clamped to [-1, 1]."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return F.interpolate(image, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+    return F.interpolate(image, size=check_size(size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 def harmonic_fill(image: torch.Tensor, mask: torch.Tensor, tolerance: float = 1e-6, max_sweeps: int = 20000

@@ -39,7 +39,8 @@ def test_a_hole_is_filled_harmonically_and_known_values_are_met():
 
 @pytest.mark.parametrize("make", [lambda: Downsample((96, 96), (24, 24)),
                                   lambda: Downsample((80, 80), (16, 16), "bicubic"),
-                                  lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)), lambda: colour_mix_operator((40, 40))],
+                                  lambda: Blur(gaussian_kernel(9, 1.5), (64, 64)),
+                                  lambda: colour_mix_operator((40, 40))],
                          ids=["area", "bicubic", "blur", "user operator"])
 def test_any_linear_operator_is_explained(make):
     """Whatever an image behind the observation was, the correction explains the observation up to 8-bit

@@ -18,8 +18,8 @@ guided :class:`~infd_solve.Solver`; ``"prior"``: an unguided sample from the sam
 tasks only: bicubic upsampling, a harmonic fill of the holes, or Wiener deconvolution), ``save_unrefined``
 (``"dps"`` only: also save and score the sample as it was before the refinement steps, at no extra cost),
 ``sampler`` and every solver option of that sampler (:mod:`infd_solve.options`: ``steps``,
-``guidance_scale``, ``eta``, ``refine_steps``, ...). A layout job may also set ``canvas`` and ``batch_size``; these fields
-override the layout's own.
+``guidance_scale``, ``eta``, ``refine_steps``, ...). A layout job may also set ``canvas`` and ``batch_size``;
+these fields override the layout's own.
 
 Task jobs: ``task`` (``"sr"``, ``"inpaint"``, ``"deblur"``); either ``image`` (the observation itself) or
 ``truth`` (a clean image: the observation is simulated from it, exactly through the constraint's operator,
