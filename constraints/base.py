@@ -58,6 +58,8 @@ class Constraint:
     # constructor arguments that are not layout fields (objects a subclass builds from its own fields)
     layout_hidden: ClassVar[tuple[str, ...]] = ()
     default_weight: ClassVar[float] = 1.0
+    # the sampler family of a solve that names none ("auto") when every constraint of the solve prefers it
+    default_sampler: ClassVar[str] = "dps"
     refine: bool = False
     batch: int = 1  # how many samples the constraint's data covers (observations of several images: one each)
     input_files: tuple[Path, ...] = ()  # files the constraint read (outputs must never overwrite them)

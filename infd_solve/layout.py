@@ -72,19 +72,22 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class LayoutSettings:
-    """Sampling settings of a layout (``canvas`` is ``(height, width)``) and its solver options, every one of
-    them checked, defaults filled in (``settings.steps``, ``settings.sampler``, ...)."""
+    """Sampling settings of a layout (``canvas`` is ``(height, width)``) and the solver options it sets
+    (``options``, checked); ``settings.steps``, ``settings.sampler``, ... read them with defaults filled in
+    (``sampler`` ``"auto"`` and ``steps`` ``None`` until a solve knows its constraints)."""
 
     canvas: tuple[int, int] = (512, 512)
     seed: int = 0
     batch_size: int = 1
     description: str = ""
     source: Path | None = None
-    options: dict = field(default_factory=lambda: _solver_options({}))
+    options: dict = field(default_factory=dict)
 
     def __getattr__(self, name):
-        options = self.__dict__.get("options", {})
-        if name in options:
+        from .solver import solver_options
+
+        options = solver_options(**self.__dict__.get("options", {}))
+        if name in options and name != "timesteps":
             return options[name]
         raise AttributeError(f"'LayoutSettings' object has no attribute {name!r}")
 
@@ -94,11 +97,11 @@ class LayoutSettings:
 
 
 def _solver_options(given: dict) -> dict:
+    """The options ``given``, checked and normalized (the others stay unset: a solve fills them in)."""
     from .solver import solver_options
 
     options = solver_options(**given)
-    options.pop("timesteps")
-    return options
+    return {name: options[name] for name in given}
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from . import checks
 
-DEFAULT_STEPS = 50  # denoising steps, for guided and unguided sampling alike
+DEFAULT_STEPS = 50  # denoiser evaluations of a solve or an unguided sample, whatever the sampler family
+AUTO = "auto"  # the default family: the one the solve's constraints prefer (Constraint.default_sampler)
 
 
 class OptionError(ValueError):
@@ -68,14 +69,18 @@ def count(value, name):
 
 
 def _sampler_name(value, name):
+    if value == AUTO:
+        return AUTO
     from .samplers import get_sampler
 
     return get_sampler(value).name
 
 
 SOLVER_OPTIONS: dict[str, Option] = {option.name: option for option in (
-    Option("steps", DEFAULT_STEPS, count, "denoising steps (timesteps visited, official ddimN respacing)"),
-    Option("sampler", "dps", _sampler_name, "sampler family (infd_solve.samplers: dps, mpgd, daps, resample, ...)"),
+    Option("steps", None, optional(count), "denoising steps (timesteps visited, official ddimN respacing; default: "
+           f"the sampler family's, {DEFAULT_STEPS} denoiser evaluations)"),
+    Option("sampler", AUTO, _sampler_name, "sampler family (infd_solve.samplers: dps, mpgd, daps, resample, ...; "
+           "auto: the one the constraints prefer, else dps)"),
     Option("refine_steps", None, optional(lambda v, n: checks.integer(v, n, 0, 100_000)),
            "data-consistency optimization steps on the final latent (default: 100 when a constraint opts in)"),
     Option("refine_lr", 0.05, positive, "the refinement's Adam learning rate"),

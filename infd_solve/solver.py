@@ -19,13 +19,14 @@ from . import checks
 from .consistency import correct
 from .constraints.base import Constraint
 from .models.infd import INFDModel
-from .options import SOLVER_OPTIONS, OptionError, resolve
+from .options import AUTO, SOLVER_OPTIONS, OptionError, resolve
 from .rendering import render_box
 from .result import Report, Result  # noqa: F401  (Result is part of the solver's API)
 from .samplers import Problem, get_sampler, refine_latent
 from .samplers.ddim import ddim_timesteps, initial_noise
 
 DEFAULT_REFINE_STEPS = 100
+FALLBACK_SAMPLER = "dps"  # "auto" when the constraints prefer different families
 
 
 class GuidanceWarning(RuntimeWarning):
@@ -88,21 +89,45 @@ def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
     return 4 * (20 * field + layers * renderer.hidden_channels * pixels) + 2**20
 
 
-def option_names(sampler: str = "dps") -> list[str]:
-    """The names of every option of a solve with the sampler family ``sampler``."""
-    return sorted(SOLVER_OPTIONS | get_sampler(sampler).options)
+def option_names(sampler: str = AUTO) -> list[str]:
+    """The names of every option of a solve with the sampler family ``sampler`` (``"auto"``: dps's)."""
+    return sorted(SOLVER_OPTIONS | get_sampler(FALLBACK_SAMPLER if sampler == AUTO else sampler).options)
 
 
-def solver_options(model: INFDModel | None = None, **given) -> dict:
+def chosen_sampler(constraints: Sequence = (), given: dict | None = None) -> str:
+    """The family of a solve whose ``sampler`` is ``"auto"``: the one every constraint prefers
+    (``Constraint.default_sampler``), else dps; dps also when an option ``given`` is not that family's."""
+    preferred = {c.default_sampler for c in constraints}
+    name = preferred.pop() if len(preferred) == 1 else FALLBACK_SAMPLER
+    if set(given or ()) - set(SOLVER_OPTIONS | get_sampler(name).options):
+        return FALLBACK_SAMPLER
+    return name
+
+
+def solver_options(model: INFDModel | None = None, constraints: Sequence | None = None, **given) -> dict:
     """Every option of a solve (:mod:`infd_solve.options`: the solver's and the chosen sampler's), checked,
-    with defaults; ``steps`` also against ``model``'s noise schedule. :class:`OptionError` names the option."""
-    name = SOLVER_OPTIONS["sampler"].parse(given.get("sampler", SOLVER_OPTIONS["sampler"].default))
-    options = resolve(given, get_sampler(name).options)
-    train_steps = model.scheduler.config.num_train_timesteps if model is not None else 1000
-    try:
-        options["timesteps"] = ddim_timesteps(options["steps"], train_steps)
-    except ValueError as e:
-        raise OptionError("steps", str(e).removeprefix("steps=")) from None
+    with defaults, and ``timesteps`` (``steps`` checked against ``model``'s noise schedule).
+    :class:`OptionError` names the option.
+
+    ``sampler="auto"`` (the default) becomes the family ``constraints`` prefer (:func:`chosen_sampler`), and
+    ``steps`` defaults to that family's. While the constraints are not known (``None``), the options are
+    checked as dps's, and ``sampler`` stays ``"auto"`` (``steps`` and ``timesteps`` ``None`` unless given).
+    """
+    name = SOLVER_OPTIONS["sampler"].parse(given.get("sampler", AUTO))
+    decided = name != AUTO or constraints is not None
+    family = get_sampler(chosen_sampler(constraints or (), given) if name == AUTO else name)
+    options = resolve(given, family.options)
+    if decided:
+        options["sampler"] = family.name
+        if options["steps"] is None:
+            options["steps"] = family.default_steps
+    options["timesteps"] = None
+    if options["steps"] is not None:
+        train_steps = model.scheduler.config.num_train_timesteps if model is not None else 1000
+        try:
+            options["timesteps"] = ddim_timesteps(options["steps"], train_steps)
+        except ValueError as e:
+            raise OptionError("steps", str(e).removeprefix("steps=")) from None
     return options
 
 
@@ -110,8 +135,9 @@ class Solver:
     """Guided sampling of an INFD model under constraints.
 
     Options (keyword-only; names, defaults, checks and help: :mod:`infd_solve.options` and the sampler
-    family's own, :func:`infd_solve.samplers.register_sampler`): ``sampler`` (``"dps"`` by default; ``"mpgd"``,
-    ``"daps"``, ``"resample"`` or any registered family), ``steps``, the family's options (e.g.
+    family's own, :func:`infd_solve.samplers.register_sampler`): ``sampler`` (``"dps"``, ``"mpgd"``, ``"daps"``,
+    ``"resample"`` or any registered family; by default ``"auto"``, each solve the family its constraints
+    prefer, :func:`chosen_sampler`), ``steps`` (default: the family's), the family's options (e.g.
     ``guidance_scale``, ``eta``), ``refine_steps`` / ``refine_lr`` / ``refine_anchor`` (after sampling, Adam on
     the final latent against the constraints that opt in, ``Constraint.refine``; the others are held where
     they were), ``keep_outside`` (the latent outside every constraint's region follows the unguided sample
@@ -130,9 +156,9 @@ class Solver:
             raise ValueError(f"model must be an INFDModel (from infd_solve.load_model), got {type(model).__name__}")
         if model.unet is None:
             raise ValueError("model has no diffusion denoiser (an autoencoder only); it cannot sample")
+        self.given = dict(options)  # a solve resolves "auto" from these and its constraints (solver_options)
         self.options = solver_options(model, **options)
-        self.timesteps = self.options.pop("timesteps")
-        self.sampler = get_sampler(self.options["sampler"])
+        self.options.pop("timesteps")
         self.model, self.progress = model, bool(progress)
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
@@ -196,8 +222,8 @@ class Solver:
         ``noise``. ``callback`` sees every step of the sampler (``phase="sample"``) and of the refinement
         (``phase="refine"``).
         """
-        constraints, batch_size, seed, refine_steps = self._checked(constraints, batch_size, seed)
-        model = self.model
+        constraints, batch_size, seed, options = self._checked(constraints, batch_size, seed)
+        model, sampler, timesteps = self.model, get_sampler(options["sampler"]), options["timesteps"]
         # the model decides device and dtype; every constraint follows it once, not on every step
         constraints = [c.to(model.device, model.dtype) for c in constraints]
         if generator is None and seed is not None:
@@ -205,17 +231,18 @@ class Solver:
         keys = sample_keys(generator, batch_size)
         x = initial_noise((batch_size, *model.config.z_shape), generator, noise, model.device, model.dtype)
         history, record = self._history(constraints, callback)
-        options = {name: self.options[name] for name in self.sampler.options}
-        z = self.sampler.function(self._problem(constraints, generator, keys), x, **options, callback=record,
-                                  progress=self.progress)
+        history |= {"sampler": sampler.name, "steps": options["steps"]}
+        z = sampler.function(self._problem(constraints, generator, keys, timesteps), x,
+                             **{name: options[name] for name in sampler.options}, callback=record,
+                             progress=self.progress)
         sampled = model.unscale(z.detach())
-        if refine_steps:
-            z = self._refine(z, constraints, keys, refine_steps, record)
+        if options["refine_steps"]:
+            z = self._refine(z, constraints, keys, options["refine_steps"], record)
         return self._result(model.unscale(z.detach()), sampled, constraints, history)
 
-    def _checked(self, constraints, batch_size, seed) -> tuple[list[Constraint], int, int | None, int]:
-        """The arguments of :meth:`solve`, checked before any work (plain Python numbers); and the refinement
-        steps to run."""
+    def _checked(self, constraints, batch_size, seed) -> tuple[list[Constraint], int, int | None, dict]:
+        """The arguments of :meth:`solve`, checked before any work (plain Python numbers); and the solve's
+        options (its sampler family, steps and refinement steps decided)."""
         if isinstance(constraints, Constraint) or not isinstance(constraints, Sequence) or isinstance(constraints, str):
             raise ValueError(f"constraints must be a list of Constraint objects (wrap a single one in a list), "
                              f"got {type(constraints).__name__}")
@@ -229,7 +256,8 @@ class Solver:
         names = [c.name for c in constraints]
         if len(set(names)) != len(names):
             raise ValueError(f"constraint names must be unique (history is keyed by them), got {names}")
-        ts = self.timesteps
+        options = solver_options(self.model, constraints, **self.given)
+        ts = options["timesteps"]
         for c in constraints:
             if not any(c.is_active(t) for t in ts):
                 shown = ", ".join(map(str, ts if len(ts) <= 3 else [*ts[:2], "...", ts[-1]]))
@@ -240,7 +268,7 @@ class Solver:
                 raise ValueError(f"constraint {c.name!r} holds {c.batch} observations but batch_size={batch_size}; "
                                  f"pass batch_size={c.batch}, or one observation")
         self._check_memory(constraints, batch_size)
-        return constraints, batch_size, seed, self._refine_steps(constraints)
+        return constraints, batch_size, seed, options | {"refine_steps": self._refine_steps(constraints)}
 
     def _refine_steps(self, constraints: list[Constraint]) -> int:
         refined, steps = any(c.refine for c in constraints), self.options["refine_steps"]
@@ -251,7 +279,7 @@ class Solver:
                               "pass refine=True to the constraints to fit, or refine_steps=0")
         return steps
 
-    def _problem(self, constraints: list[Constraint], generator, keys) -> Problem:
+    def _problem(self, constraints: list[Constraint], generator, keys, timesteps) -> Problem:
         model, shape = self.model, self.model.config.z_shape[1:]
 
         def denoise(x_t, t):
@@ -259,7 +287,7 @@ class Solver:
                 return self.denoise(x_t, t).to(x_t.dtype)
 
         keep = kept_region(constraints, shape, model.device, model.dtype) if self.options["keep_outside"] else None
-        return Problem(denoise, model.alphas_cumprod, self.timesteps, self.objective(constraints, keys=keys),
+        return Problem(denoise, model.alphas_cumprod, timesteps, self.objective(constraints, keys=keys),
                        generator, guided_region(constraints, shape, model.device, model.dtype), keep)
 
     def _refine(self, z, constraints, keys, steps: int, record) -> torch.Tensor:

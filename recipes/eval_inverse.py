@@ -50,7 +50,6 @@ import torch.nn.functional as F
 
 TASKS = ("sr4", "box", "random", "gaussian", "motion")
 BASELINES = ("classical", "prior")
-NFE_PER_STEP = {"daps": 2}  # denoiser calls per step at the families' defaults (DAPS: its ODE steps), else 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PROG = "eval_inverse.py"
 
@@ -141,6 +140,15 @@ def rows_of(args) -> list[tuple[str, str, str | None]]:
     return out
 
 
+def _steps(family: str, evaluations: int) -> int:
+    """The steps of ``family`` that spend ``evaluations`` denoiser calls, as its default steps spend the
+    solver's budget."""
+    from infd_solve.options import DEFAULT_STEPS
+    from infd_solve.samplers import get_sampler
+
+    return max(1, evaluations * get_sampler(family).default_steps // DEFAULT_STEPS)
+
+
 def write_jobs(args, truths: list[str]) -> Path:
     from infd_solve.io import atomic_path
 
@@ -153,8 +161,7 @@ def write_jobs(args, truths: list[str]) -> Path:
                 if method in BASELINES:
                     job["method"] = method
                 else:
-                    job |= {"sampler": method, "steps": args.steps // NFE_PER_STEP.get(method, 1),
-                            "save_unrefined": True}
+                    job |= {"sampler": method, "steps": _steps(method, args.steps), "save_unrefined": True}
                     if args.refine_steps is not None:
                         job["refine_steps"] = args.refine_steps
                 lines.append(json.dumps(job))

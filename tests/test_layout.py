@@ -18,7 +18,8 @@ from infd_solve.constraints import ClipBox, ColorMatch, LowResObservation, Maske
 from infd_solve import checks
 from infd_solve.constraints import REGISTRY, Constraint
 from infd_solve.layout import LAYOUT_FIELDS, LayoutError, LayoutSettings, parse_layout, read_layout
-from infd_solve.solver import Solver, option_names
+from infd_solve.options import DEFAULT_STEPS
+from infd_solve.solver import Solver, option_names, solver_options
 
 from .helpers import REPO, make_gaussian_model, save_tiny_clip, tiny_model
 
@@ -65,12 +66,11 @@ def error_of(layout, **kw) -> str:
 def test_minimal_layout_gets_the_defaults():
     s, cs = parse_layout({"items": [color()]})
     assert (s.canvas, s.seed, s.steps, s.sampler, s.guidance_scale, s.eta, s.batch_size) == (
-        (512, 512), 0, 50, "dps", 1.0, 1.0, 1)
-    # a layout's options are the Solver's, with the Solver's defaults (one table: infd_solve.options)
-    assert s.solver_kwargs() == {"steps": 50, "sampler": "dps", "eta": 1.0, "guidance_scale": 1.0, "normalize": True,
-                                 "max_grad_norm": None, "refine_steps": None, "refine_lr": 0.05, "refine_anchor": 0.03,
-                                 "refine_hold": 10.0, "keep_outside": False, "consistency": True}
-    assert Solver(make_gaussian_model(), **s.solver_kwargs()).options == s.solver_kwargs()
+        (512, 512), 0, None, "auto", 1.0, 1.0, 1)  # a solve decides the family and its steps
+    # a layout passes on the options it sets, and the Solver fills in the rest (one table: infd_solve.options)
+    assert s.solver_kwargs() == {}
+    options = solver_options(constraints=cs, **s.solver_kwargs())
+    assert (options["sampler"], options["steps"], options["eta"]) == ("dps", DEFAULT_STEPS, 1.0)
     assert len(cs) == 1 and isinstance(cs[0], ColorMatch) and cs[0].box == (0.0, 0.0, 1.0, 1.0)
 
 
@@ -97,8 +97,7 @@ def test_every_item_type_from_a_file_with_relative_paths(images, clip, tmp_path)
         s, cs = parse_layout(path, clip=clip)
     assert s.canvas == (96, 128) and s.seed == 3 and s.batch_size == 2 and s.source == path.resolve()
     assert s.solver_kwargs() == {"steps": 10, "sampler": "mpgd", "eta": 0.0, "guidance_scale": 0.5, "normalize": False,
-                                 "max_grad_norm": 2.0, "refine_steps": 7, "refine_lr": 0.05, "refine_anchor": 0.5,
-                                 "refine_hold": 10.0, "keep_outside": True, "consistency": True}
+                                 "max_grad_norm": 2.0, "refine_steps": 7, "refine_anchor": 0.5, "keep_outside": True}
     assert [type(c) for c in cs] == [ClipBox, ColorMatch, MaskedObservation, MaskedObservation, LowResObservation]
     assert [c.name for c in cs] == ["clip:clouds", "color:rgb(0.20, 0.40, 0.60)", "observation", "corner", "low-res"]
     assert cs[0].weight == 2.0 and cs[0].active == (100, 900) and cs[0].negatives.shape[0] == 1

@@ -76,8 +76,9 @@ def test_refinement_fits_the_observation_and_keeps_samples_independent(gaussian_
         low = model.render(model.decode(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3),
                                                     dtype=torch.float64)), (8, 8))
     c = LowResObservation(low.float(), operator="render")
-    sampled = Solver(model, steps=10, guidance_scale=2.0, progress=False).solve([c], batch_size=2, seed=5)
-    refined = Solver(model, steps=10, guidance_scale=2.0, refine_steps=30, progress=False)
+    options = {"sampler": "dps", "steps": 10, "guidance_scale": 2.0}  # a scale for dps
+    sampled = Solver(model, **options, progress=False).solve([c], batch_size=2, seed=5)
+    refined = Solver(model, **options, refine_steps=30, progress=False)
     batch = refined.solve([c], batch_size=2, seed=5)
     alone = refined.solve([c], batch_size=1, seed=6)
     losses = batch.history["loss"][c.name]

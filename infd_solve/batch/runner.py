@@ -202,6 +202,7 @@ class Runner:
             record["report"] = result.report()
             if job.method == "dps":
                 record["never_guided"] = result.never_guided()
+                record["settings"] |= {"sampler": result.history["sampler"], "steps": result.history["steps"]}
         else:
             outputs = [save_image(image[0], folder / "output.png")]
             record["report"] = _score_image(prepared.constraints, image)

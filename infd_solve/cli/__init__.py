@@ -143,9 +143,10 @@ def add_solver_arguments(parser, overrides: bool = False) -> None:
     known = SOLVER_OPTIONS | {o.name: o for o in (GUIDANCE_SCALE, ETA)}
     for name in OPTION_FLAGS:
         option = known[name]
-        default = "the layout's" if overrides else f"{option.default}"
+        default = "the layout's" if overrides else option.default
+        shown = option.help if default is None else f"{option.help} (default: {default})"  # None: the help says
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_value, default=None,
-                            metavar=name.upper(), help=f"{option.help} (default: {default})")
+                            metavar=name.upper(), help=shown)
     parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                         help="any other solver option, e.g. --option keep_outside=true --option langevin_steps=8 "
                              "(repeatable; names: infd_solve.options and the sampler family's)")
@@ -167,11 +168,12 @@ def given_options(args) -> dict:
     return given
 
 
-def options_summary(args) -> str:
-    """``"50 steps of dps"``: what the solve will do, for a command's header line."""
+def options_summary(given: dict, constraints) -> str:
+    """``"50 steps of dps"``: what a solve of ``constraints`` with the options ``given`` will do, for a
+    command's header line."""
     from ..solver import solver_options
 
-    options = solver_options(**args.solver_options)
+    options = solver_options(constraints=constraints, **given)
     return f"{options['steps']} steps of {options['sampler']}"
 
 

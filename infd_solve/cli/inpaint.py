@@ -87,7 +87,7 @@ def run(parser, args) -> dict:
         print(f"{args.prog}: note: every pixel of the image is known (nothing to fill)", file=sys.stderr)
 
     print(f"{source.name}: {h}x{w} on box {tuple(round(v, 4) for v in box)}, {known:.1%} known, output "
-          f"{canvas[0]}x{canvas[1]}, {options_summary(args)}, seed {args.seed}")
+          f"{canvas[0]}x{canvas[1]}, {options_summary(args.solver_options, [constraint])}, seed {args.seed}")
     result, written, scores = solve_observation(args, model, constraint, canvas)
     print(f"known-region PSNR: {scores['psnr']:.2f} dB over {int((constraint.image_mask >= 0.5).sum())} known pixels")
     with torch.no_grad():

@@ -30,8 +30,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures, print_notes,
-               import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device,
+from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures, options_summary,
+               print_notes, import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device,
                run_command)
 
 PROG = "infd-layout"
@@ -105,9 +105,8 @@ def run(parser, args) -> dict:
 
     model = load_sampling_model(model_file, device)
     h, w = settings.canvas
-    print(f"{layout_path.name}: {plural(len(constraints), 'constraint')}, canvas {h}x{w}, {settings.steps} steps "
-          f"({settings.sampler}), seed {settings.seed}, "
-          f"batch {settings.batch_size}")
+    print(f"{layout_path.name}: {plural(len(constraints), 'constraint')}, canvas {h}x{w}, "
+          f"{options_summary(settings.solver_kwargs(), constraints)}, seed {settings.seed}, batch {settings.batch_size}")
     solver = Solver(model, **settings.solver_kwargs(), progress=not args.no_progress)
     result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed)
 

@@ -93,7 +93,7 @@ def run(parser, args) -> dict:
     model = load_sampling_model(model_file, args.device)  # the model and --device are checked before any output
 
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
-          f"noise sigma {args.noise_sigma:g}, {options_summary(args)}, seed {args.seed}")
+          f"noise sigma {args.noise_sigma:g}, {options_summary(args.solver_options, [constraint])}, seed {args.seed}")
     result, written, scores = solve_observation(args, model, constraint, (size, size))
     print(f"measurement consistency: PSNR(result through the {args.operator} operator, input) = "
           f"{scores['psnr']:.2f} dB on the {n}x{n} input grid")

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .. import checks
-from ..options import Option, OptionError, fraction, non_negative, optional, positive
+from ..options import DEFAULT_STEPS, Option, OptionError, fraction, non_negative, optional, positive
 from .ddim import Denoiser, Generator, ddim_step, predict_x0
 
 # (z0_hat, step index, timestep, normalize) -> (per-sample loss to descend [B], {name: per-sample loss})
@@ -70,20 +70,24 @@ class Sampler:
     function: Callable[..., torch.Tensor]
     options: dict[str, Option]
     summary: str
+    default_steps: int = DEFAULT_STEPS  # the steps that spend the solver's budget of denoiser evaluations
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register_sampler(name: str, options: Sequence[Option] = ()):
-    """Register the decorated function as the sampler family ``name`` with its keyword-only ``options``."""
+def register_sampler(name: str, options: Sequence[Option] = (), default_steps: int = DEFAULT_STEPS):
+    """Register the decorated function as the sampler family ``name`` with its keyword-only ``options``.
+    ``default_steps``: its steps when a solve names none; a family that calls the denoiser k times per step
+    takes ``DEFAULT_STEPS // k``, so every family's default spends the same denoiser evaluations."""
 
     def register(function):
         previous = SAMPLERS.get(name)
         if previous is not None and previous.function.__qualname__ != function.__qualname__:
             raise TypeError(f"sampler {name!r} is already registered by {previous.function.__module__}")
         summary = (function.__doc__ or name).strip().splitlines()[0]
-        SAMPLERS[name] = Sampler(name, function, {o.name: o for o in options}, summary)
+        SAMPLERS[name] = Sampler(name, function, {o.name: o for o in options}, summary,
+                                 checks.integer(default_steps, "default_steps", 1))
         return function
 
     return register

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checks
-from ..options import Option, fraction, positive
+from ..options import DEFAULT_STEPS, Option, fraction, positive
 from .base import GUIDANCE_SCALE, Problem, confined, gradient, register_sampler, report
 from .ddim import ddim_step, noise_like, predict_x0
 
@@ -51,7 +51,8 @@ def _langevin(problem, x0_hat, i, t, sigma, steps, lr, scale, generator):
     return x.detach(), loss.detach(), terms, skipped
 
 
-@register_sampler("daps", options=[GUIDANCE_SCALE, ODE_STEPS, LANGEVIN_STEPS, LANGEVIN_LR, LR_MIN_RATIO])
+@register_sampler("daps", options=[GUIDANCE_SCALE, ODE_STEPS, LANGEVIN_STEPS, LANGEVIN_LR, LR_MIN_RATIO],
+                  default_steps=DEFAULT_STEPS // ODE_STEPS.default)
 def daps(problem: Problem, x: torch.Tensor, *, guidance_scale: float = 1.0, ode_steps: int = 2,
          langevin_steps: int = 6, langevin_lr: float = 1e-3, lr_min_ratio: float = 0.1, callback=None,
          progress: bool = True) -> torch.Tensor:
