@@ -13,6 +13,9 @@ from .rendering import Box, check_box
 
 CANVAS = shapely.box(0.0, 0.0, 1.0, 1.0)
 MIN_AREA = 1e-10  # in canvas fractions
+# Vertices may lie outside the canvas (the region is clipped to it), but one several canvas sides away is a
+# pixel coordinate given by mistake: refused.
+MAX_REACH = 4.0  # canvas sides beyond the canvas's edge
 
 
 def as_geometry(region, name: str = "region") -> BaseGeometry:
@@ -33,6 +36,7 @@ def as_geometry(region, name: str = "region") -> BaseGeometry:
         if not np.isfinite(points).all():
             raise ValueError(f"{name} has NaN or inf vertices")
         geometry = shapely.Polygon(points)
+    _check_reach(geometry, name)
     if not geometry.is_valid:
         reason = shapely.is_valid_reason(geometry)
         geometry = shapely.make_valid(geometry)
@@ -45,6 +49,16 @@ def as_geometry(region, name: str = "region") -> BaseGeometry:
         raise ValueError(f"{name} covers no area of the canvas [0, 1] x [0, 1]: "
                          f"{shapely.to_wkt(geometry, rounding_precision=4)}")
     return shapely.union_all(polygons)
+
+
+def _check_reach(geometry: BaseGeometry, name: str) -> None:
+    if geometry.is_empty:
+        return
+    left, top, right, bottom = geometry.bounds
+    if min(left, top) < -MAX_REACH or max(right, bottom) > 1 + MAX_REACH:
+        raise ValueError(f"{name} reaches {geometry.bounds} (bounds as left, top, right, bottom): vertices are canvas "
+                         "fractions (0 to 1, origin top left), not pixels; divide pixel coordinates by the image's "
+                         "width and height")
 
 
 def bounding_box(geometry: BaseGeometry) -> Box:

@@ -164,6 +164,15 @@ def test_a_constraint_that_never_guides_is_reported(model):
     assert result.never_guided() == {"broken": [0], "color:#ffffff": [0]}  # the whole sample went unguided
 
 
+def test_polygons_in_pixels_are_refused_naming_the_mistake():
+    """Vertices may lie outside the canvas (the region is clipped), but not several canvas sides away."""
+    assert ColorMatch("#000000", polygon=[(-0.5, 0), (1.5, 0), (0.5, 2)]).box == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"polygon reaches \(100.0, 100.0, 300.0, 300.0\).*not pixels"):
+        ColorMatch("#000000", polygon=[(100, 100), (300, 100), (300, 300)])
+    with pytest.raises(LayoutError, match=r"items\[0\]\.polygon: reaches .*not pixels"):
+        parse_layout({"items": [{"type": "color", "color": "#000000", "polygon": [[0, 0], [64, 0], [64, 64]]}]})
+
+
 @pytest.mark.parametrize("box", ["0011", [True, False, 1, 1], {"a": 1}, [0, 0, 1]])
 def test_boxes_must_be_four_numbers(box):
     with pytest.raises(ValueError, match="box must be four numbers"):

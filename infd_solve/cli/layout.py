@@ -30,9 +30,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures, options_summary,
-               print_notes, import_user_modules, load_sampling_model, model_path, new_parser, output_path, plural, resolve_device,
-               run_command)
+from . import (add_import_argument, add_solver_arguments, exit_status, given_options, guidance_failures,
+               import_user_modules, load_sampling_model, model_path, new_parser, options_summary, output_path, plural,
+               print_notes, resolve_device, run_command)
 
 PROG = "infd-layout"
 
@@ -106,7 +106,8 @@ def run(parser, args) -> dict:
     model = load_sampling_model(model_file, device)
     h, w = settings.canvas
     print(f"{layout_path.name}: {plural(len(constraints), 'constraint')}, canvas {h}x{w}, "
-          f"{options_summary(settings.solver_kwargs(), constraints)}, seed {settings.seed}, batch {settings.batch_size}")
+          f"{options_summary(settings.solver_kwargs(), constraints)}, seed {settings.seed}, "
+          f"batch {settings.batch_size}")
     solver = Solver(model, **settings.solver_kwargs(), progress=not args.no_progress)
     result = solver.solve(constraints, batch_size=settings.batch_size, seed=settings.seed)
 
