@@ -30,7 +30,6 @@ class LowResObservation(Observation):
     layout_hidden = ("guide",)  # ``operator`` is this class's own field: the operator's name
     kind = "low-res"
     classical_answer = "bicubic-like interpolation made consistent with the input"
-    default_sampler = "daps"  # better than DPS on this task at equal denoiser evaluations (model card)
     unknown_part = "detail finer than the input"
 
     def __init__(self, image, box=None, noise_sigma: float = 0.0, operator: str = "area",
