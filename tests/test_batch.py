@@ -257,6 +257,8 @@ def test_two_processes_under_torchrun_write_the_same_bytes_as_one(folder, tmp_pa
     assert len(images) == 14 and images == sorted(p.relative_to(two) for p in two.rglob("*.png"))
     for image in images:
         assert (one / image).read_bytes() == (two / image).read_bytes(), image
+    settings = {name: json.loads((one / name / "record.json").read_text())["settings"] for name in ("motion", "hole")}
+    assert (settings["motion"]["sampler"], settings["hole"]["sampler"]) == ("daps", "dps")  # each job's own family
     ranks = set()
     for record in one.glob("*/record.json"):
         a, b = json.loads(record.read_text()), json.loads((two / record.parent.name / "record.json").read_text())
