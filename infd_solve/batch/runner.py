@@ -202,7 +202,7 @@ class Runner:
             record["report"] = result.report()
             if job.method == "dps":
                 record["never_guided"] = result.never_guided()
-                record["settings"] |= {"sampler": result.history["sampler"], "steps": result.history["steps"]}
+                record["settings"] |= _solve_options(settings, result.constraints)
         else:
             outputs = [save_image(image[0], folder / "output.png")]
             record["report"] = _score_image(prepared.constraints, image)
@@ -256,6 +256,14 @@ def _solve(model, settings, constraints, unrefined: bool):
         field = model.decode(z)
     corrections = correct(model, field, result.constraints) if solver.options["consistency"] else []
     return result, Result(model, z, field, result.constraints, {}, corrections), seconds
+
+
+def _solve_options(settings, constraints) -> dict:
+    """Every option the solve ran with (the family "auto" chose, its steps, the defaults), for the record."""
+    from ..solver import solver_options
+
+    options = solver_options(constraints=constraints, **settings.solver_kwargs())
+    return {name: value for name, value in options.items() if name != "timesteps"}
 
 
 def _settings_dict(settings) -> dict:
