@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import infd_solve
 from infd_solve.baselines import bicubic, harmonic_fill
-from infd_solve.consistency import Correction, interpolate, solve_residual, upsample
+from infd_solve.consistency import Correction, correct_observation, interpolate, solve_residual, upsample
 from infd_solve.constraints import LowResObservation, MaskedObservation, Observation
 from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.fidelity import GaussianFidelity
@@ -62,6 +62,27 @@ def test_with_noise_the_fit_stops_at_the_noise_level():
     assert _psnr(r, truth) > _psnr(y, truth)
 
 
+def test_the_models_fill_fades_into_a_hole_over_half_a_latent_cell():
+    """A render that explains the known pixels is trusted (gain 1), but only near them: deeper into the hole the
+    output becomes the harmonic fill, at any render size; a trust the user gives holds everywhere."""
+    truth, guess = scene_tensor(TEST_SEED_OFFSET + 24, 128), scene_tensor(TEST_SEED_OFFSET + 25, 128)
+    mask = torch.ones(1, 1, 128, 128)
+    mask[..., 32:96, 32:96] = 0
+    render = torch.where(mask > 0, truth, guess)  # the known pixels explained, the hole a guess
+    fix = correct_observation(MaskedObservation(truth, mask=mask), render, cell=8.0)  # fades over 4 px
+    given = correct_observation(MaskedObservation(truth, mask=mask, trust=1.0), render, cell=8.0)
+    assert fix.gain.tolist() == [1.0] and given.depth is None
+    out, kept, classical = fix.apply(render, FULL_CANVAS), given.apply(render, FULL_CANVAS), harmonic_fill(truth, mask)
+    assert _psnr(out, truth, mask) > 55
+    deep = (slice(None), slice(None), slice(50, 78), slice(50, 78))  # >= 18 px (4.5 fade lengths) from known pixels
+    assert (out - classical)[deep].abs().max() < 0.03 < (kept - classical)[deep].abs().max()
+    edge = (slice(None), slice(None), slice(40, 88), 32)  # the first unknown column: mostly the model's fill
+    assert (out - kept)[edge].abs().mean() < 0.3 * (classical - kept)[edge].abs().mean()
+    big = fix.apply(F.interpolate(render, size=256, mode="bicubic", align_corners=False), FULL_CANVAS)
+    big_classical = F.interpolate(classical, size=256, mode="bicubic", align_corners=False)
+    assert (big - big_classical)[..., 104:152, 104:152].abs().max() < 0.05
+
+
 def test_interpolation_is_exact_on_its_own_lattice_and_smooth_elsewhere():
     r = torch.randn(1, 3, 10, 12, generator=torch.Generator().manual_seed(5))
     box = (0.2, 0.3, 0.8, 0.8)
@@ -88,6 +109,25 @@ def _photo(name, size):
 
 def _eight_bit(x):
     return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def test_the_fill_fades_only_where_nothing_else_constrains_the_hole(model):
+    """Alone, a mask observation's trust fades into its hole (over half of the model's latent cell); with a
+    constraint on the hole (here a colour), what that constraint drew is kept."""
+    from infd_solve.consistency import correct
+    from infd_solve.constraints import ColorMatch
+
+    truth = scene_tensor(TEST_SEED_OFFSET + 26, 64)
+    mask = torch.ones(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 0
+    observation = MaskedObservation(truth, mask=mask)
+    with torch.no_grad():
+        field = model.decode(model.encode(truth))
+    (alone,) = correct(model, field, [observation])
+    (with_colour,) = correct(model, field, [observation, ColorMatch("#ff0000", box=(0.3, 0.3, 0.7, 0.7))])
+    assert with_colour.depth is None and alone.depth is not None
+    centre, edge = alone.depth[0, 0, 32, 32], alone.depth[0, 0, 32, 16]
+    assert centre < 0.01 and edge > 0.5  # 16 and 1 px deep; it fades over 2 px, half of a 4 px latent cell
 
 
 @pytest.mark.slow

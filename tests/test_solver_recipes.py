@@ -328,6 +328,25 @@ def test_inpaint_polygon_fills_the_polygon(inpaint_cli, model_dir, inputs, tmp_p
     _no_temporaries(tmp_path)
 
 
+def test_inpaint_trust_keeps_the_share_asked_for(inpaint_cli, model_dir, inputs, tmp_path, capsys):
+    from infd_solve.baselines import harmonic_fill
+    from infd_solve.io import load_image, load_mask
+
+    photo, known = inputs / "photo.png", inputs / "known.png"
+    common = [str(photo), "--mask", str(known), "--model", str(model_dir), "--steps", "2", "--refine-steps", "0",
+              "--no-progress"]
+    kept = inpaint_cli.run_inpaint(common + ["--trust", "1", "-o", str(tmp_path / "kept.png")])
+    smooth = inpaint_cli.run_inpaint(common + ["--trust", "0", "-o", str(tmp_path / "smooth.png")])
+    assert (kept["trust"], smooth["trust"]) == (1.0, 0.0)
+    hole = 1 - load_mask(known)
+    image = load_image(photo)
+    fill = harmonic_fill(image, 1 - hole)
+    assert ((load_image(tmp_path / "smooth.png") - fill).abs() * hole).amax() <= 2 / 255
+    assert ((load_image(tmp_path / "kept.png") - fill).abs() * hole).amax() > 0.1
+    assert inpaint_cli.main(common + ["--trust", "2", "-o", str(tmp_path / "bad.png")]) == 2
+    assert "trust" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+
+
 @pytest.mark.slow
 def test_inpaint_mask_and_inverted_mask(inpaint_cli, model_dir, inputs, tmp_path, capsys):
     common = ["--model", str(model_dir), "--steps", "2", "--no-progress"]

@@ -197,6 +197,10 @@ def add_run_arguments(parser) -> None:
     parser.add_argument("--tile", type=int, default=256, help="render tile size for the output (default 256)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--trust", type=float, default=None,
+                        help="share (0-1) of the model's own render the result keeps where the input leaves it "
+                             "free (1: the model's fill throughout a hole; 0: the classical answer); default: "
+                             "chosen from how well the model explains the input, fading deep into holes")
     add_solver_arguments(parser)
 
 
@@ -333,8 +337,10 @@ def solve_observation(args, model, constraint, canvas) -> tuple:
     print(written[0])
     scores = {k: v[0] for k, v in result.report()[constraint.name].items()}
     if "model_fit" in scores:
+        faded = any(c.depth is not None for c in result.corrections) and scores["trust"] > 0
         print(f"the model alone explains the input to {scores['model_fit']:.2f} dB; the result keeps "
-              f"{scores['trust']:.0%} of the model's own render (data consistency)")
+              f"{scores['trust']:.0%} of the model's own render (data consistency)"
+              + (", fading into the smooth fill deep inside unknown regions" if faded else ""))
     print_notes(result, args.prog)
     return result, written, scores
 

@@ -10,7 +10,8 @@ Usage::
 ``--polygon "x,y x,y ..."`` (canvas fractions, origin top left, y down) marks the region to *fill*; everything
 else in the image is known. ``--mask`` is an image of the input's size where white = known, black = to fill (a
 mask drawn the other way round, white = hole, needs ``--invert-mask``); grey levels are soft weights.
-``--box x0 y0 x1 y1`` places the image on a part of the canvas (default: the whole canvas); the rest of the
+``--trust 1`` keeps the model's own fill throughout the hole; by default it fades into a smooth (harmonic) fill
+deep inside a large hole, where the model's fill is a guess. ``--box x0 y0 x1 y1`` places the image on a part of the canvas (default: the whole canvas); the rest of the
 canvas is then free. The output is the whole canvas, by default at the image's pixel density (``--size``
 overrides).
 
@@ -76,7 +77,7 @@ def run(parser, args) -> dict:
         mask = 1 - mask if args.invert_mask else mask
     else:
         mask = known_outside(parse_points(args.polygon, "--polygon"), box, "--polygon")
-    constraint = MaskedObservation(load_image(source, "image"), mask=mask, box=box)
+    constraint = MaskedObservation(load_image(source, "image"), mask=mask, box=box, trust=args.trust)
     h, w = constraint.score_size
     canvas = (args.size, args.size) if args.size else (round(h / (box[3] - box[1])), round(w / (box[2] - box[0])))
     if max(canvas) > MAX_CANVAS:
@@ -96,12 +97,13 @@ def run(parser, args) -> dict:
     written.append(plot_inpainting(constraint.image, constraint.image_mask, on_box, compare, whole, box))
     print(written[-1])
     guidance_failures(result, args.prog)
-    return {"written": written, "psnr": scores["psnr"], "model_fit": scores.get("model_fit"), "canvas": canvas,
-            "known_fraction": known}
+    return {"written": written, "psnr": scores["psnr"], "model_fit": scores.get("model_fit"),
+            "trust": scores.get("trust"), "canvas": canvas, "known_fraction": known}
 
 
 def run_inpaint(argv: list[str] | None = None, prog: str = PROG) -> dict:
-    """The command in-process: returns ``{"written", "psnr", "canvas", "known_fraction"}``; ends with
+    """The command in-process: returns ``{"written", "psnr", "model_fit", "trust", "canvas", "known_fraction"}``;
+    ends with
     ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 3 never guided
     (outputs written), 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)

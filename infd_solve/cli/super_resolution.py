@@ -89,7 +89,8 @@ def run(parser, args) -> dict:
     size = args.size if args.size is not None else round(args.upscale * n)
     if not n <= size <= MAX_CANVAS:
         raise ValueError(f"output size {size} must be between the input side {n} and {MAX_CANVAS}")
-    constraint = LowResObservation(y, noise_sigma=args.noise_sigma, operator=args.operator, factor=args.factor)
+    constraint = LowResObservation(y, noise_sigma=args.noise_sigma, operator=args.operator, factor=args.factor,
+                                   trust=args.trust)
     model = load_sampling_model(model_file, args.device)  # the model and --device are checked before any output
 
     print(f"{source.name}: {n}x{n} -> {size}x{size} (x{size / n:.3g}), operator {args.operator}, "
