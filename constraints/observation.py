@@ -27,7 +27,8 @@ class Observation(Constraint):
     onto it, its noise averaged down), so a step costs the same for any photo. :meth:`score` measures the
     result on the image's own grid. ``trust``: how much of the model's own render the data-consistency
     correction keeps (1: all of it, 0: the classical answer alone); ``None`` decides from how well the model
-    explains the image (:meth:`trust_from_fit`).
+    explains the image (:meth:`trust_from_fit`), fading into pixels the operator leaves unobserved
+    (:mod:`infd_solve.consistency`).
     """
 
     layout_hidden = ("operator", "guide")  # objects, not layout fields: the subclasses build them
