@@ -158,6 +158,25 @@ def test_a_photo_comes_back_at_least_as_good_as_bicubic_and_consistent_at_any_si
         assert _psnr(F.adaptive_avg_pool2d(load_image(path), 32), low) >= 40
 
 
+@pytest.mark.slow
+def test_a_blurred_photo_is_explained_at_noise_0_at_any_size(model, tmp_path):
+    """Deblurring a photo: the result, blurred by the kernel, reproduces the image to >= 35 dB on its own grid,
+    and so does the result saved at twice the size, area-averaged back (the data-consistency step guarantees it,
+    so a short solve will do)."""
+    from infd_solve.constraints import BlurObservation
+    from infd_solve.operators.blur import blur, gaussian_kernel
+
+    kernel = gaussian_kernel(9, 1.5)
+    truth = _photo("coffee", 64)
+    blurred = _eight_bit(blur(truth, kernel))
+    solver = infd_solve.Solver(model, steps=8, refine_steps=10, progress=False)
+    result = solver.solve([BlurObservation(blurred, kernel)], seed=0)
+    (report,) = result.report().values()
+    assert report["psnr"][0] >= 35 and report["model_fit"][0] < 35  # the model alone does not explain it
+    (path,) = result.save(tmp_path / "big.png", 128)
+    assert _psnr(blur(F.avg_pool2d(load_image(path), 2), kernel), blurred) >= 35
+
+
 def test_a_users_operator_gets_the_guarantee(model):
     """An Observation with an operator written here guides, is scored, and its result explains the image."""
     truth = scene_tensor(TEST_SEED_OFFSET + 23, 48)
