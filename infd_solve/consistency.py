@@ -23,9 +23,9 @@ interpolation of a low-resolution image, a regularized deconvolution. The result
 
 Where nothing is observed (a hole), the known pixels hold the model's latent only about a latent cell deep:
 further in, its fill is one plausible guess, on average further from the truth than the smooth fill. So unless
-the trust was given or another constraint covers the box (:func:`correct`), ``g`` there fades with the distance ``d`` to the nearest known pixel, ``g exp(-d / L)``
-(``L``: half a latent cell, :data:`DEPTH_CELLS`), and the output is that blend of the model's fill and the
-classical one. Random missing pixels, all near known ones, keep the model's render.
+the trust was given or another constraint covers the box (:func:`correct`), ``g`` there fades with the distance
+``d`` to the nearest known pixel, ``g exp(-d / L)`` (``L``: half a latent cell, :data:`DEPTH_CELLS`), and the
+output is that blend of the model's fill and the classical one. Random missing pixels, all near known ones, keep the model's render.
 """
 
 from __future__ import annotations
@@ -312,10 +312,12 @@ def correct_observation(observation, render: torch.Tensor, cell: float = 0.0) ->
     operator = observation.operator
     image = _batched(observation.image.to(render), render.shape[0])
     with torch.no_grad():
-        residual = solve_residual(operator, image - operator(gain.view(-1, 1, 1, 1) * render), observation.noise_sigma)
-    fade = DEPTH_CELLS * cell
-    depth = depth_share(operator.weight, fade) if observation.trust is None and fade > 0 else None
-    if depth is not None and bool((gain > 0).any()):
+        b = image - operator(gain.view(-1, 1, 1, 1) * render)
+    residual = solve_residual(operator, b, observation.noise_sigma)
+    fade = DEPTH_CELLS * cell  # nothing to fade where the trust was given or is 0 already
+    fades = observation.trust is None and fade > 0 and bool((gain > 0).any())
+    depth = depth_share(operator.weight, fade) if fades else None
+    if depth is not None:
         # the blend of the model's fill (the residual above) with the classical one (trust 0), pixel by pixel
         classical = solve_residual(operator, image, observation.noise_sigma)
         depth = depth.to(render)

@@ -337,7 +337,7 @@ def solve_observation(args, model, constraint, canvas) -> tuple:
     print(written[0])
     scores = {k: v[0] for k, v in result.report()[constraint.name].items()}
     if "model_fit" in scores:
-        faded = any(c.depth is not None for c in result.corrections) and scores["trust"] > 0
+        faded = any(c.depth is not None for c in result.corrections)
         print(f"the model alone explains the input to {scores['model_fit']:.2f} dB; the result keeps "
               f"{scores['trust']:.0%} of the model's own render (data consistency)"
               + (", fading into the smooth fill deep inside unknown regions" if faded else ""))

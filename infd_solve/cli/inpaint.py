@@ -11,8 +11,8 @@ Usage::
 else in the image is known. ``--mask`` is an image of the input's size where white = known, black = to fill (a
 mask drawn the other way round, white = hole, needs ``--invert-mask``); grey levels are soft weights.
 ``--trust 1`` keeps the model's own fill throughout the hole; by default it fades into a smooth (harmonic) fill
-deep inside a large hole, where the model's fill is a guess. ``--box x0 y0 x1 y1`` places the image on a part of the canvas (default: the whole canvas); the rest of the
-canvas is then free. The output is the whole canvas, by default at the image's pixel density (``--size``
+deep inside a large hole, where the model's fill is a guess. ``--box x0 y0 x1 y1`` places the image on a part
+of the canvas (default: the whole canvas); the rest of the canvas is then free. The output is the whole canvas, by default at the image's pixel density (``--size``
 overrides).
 
 Writes ``OUT`` and ``OUT_compare.png`` (input with the region to fill shaded, result), and prints the PSNR of the
@@ -103,9 +103,8 @@ def run(parser, args) -> dict:
 
 def run_inpaint(argv: list[str] | None = None, prog: str = PROG) -> dict:
     """The command in-process: returns ``{"written", "psnr", "model_fit", "trust", "canvas", "known_fraction"}``;
-    ends with
-    ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 3 never guided
-    (outputs written), 130 Ctrl-C."""
+    ends with ``SystemExit`` (after its one-line error) where the program exits non-zero: 2 bad input, 3 never
+    guided (outputs written), 130 Ctrl-C."""
     return run_command(build_parser, run, argv, prog)
 
 
