@@ -10,7 +10,9 @@ Data: crops of procedural landscapes (``infd_solve.data.landscapes``): a random 
 ``TEST_SEED_OFFSET``), a random box whose sides lie between 0.1 and 1.0 of the canvas (aspect 2:3..3:2, squashed
 to a square, hence ``resize_mode "squash"``), rendered at the model's input size, with its ``caption``. Crops
 dominated by one label (>= 60 % of the pixels) use that label's short prompt from ``label_captions()`` half of
-the time, so zero-shot classification with those prompts works. A pool of ``--pool-size`` crops is generated
+the time, so zero-shot classification with those prompts works. ``--orb-crops``: a share of squares around the
+sun or moon instead (the orb then "dominates" from ``ORB_DOMINANT`` of the pixels), since random crops never show
+it large; the final log also scores held-out crops around the orb. A pool of ``--pool-size`` crops is generated
 up front (deterministically from ``--seed``; crop i depends only on (seed, i)) and reused with horizontal flips.
 Each batch holds distinct texts: ``open_clip.ClipLoss`` treats every other row as a negative, so two identical
 captions in a batch would be pushed apart from each other's images.
@@ -43,7 +45,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from infd_solve.data import landscapes as L
-from infd_solve.data.crops import DOMINANT, caption_batch, captioned_pool, dominated_crops, to_clip_input
+from infd_solve.data.crops import (DOMINANT, ORB_DOMINANT, caption_batch, captioned_pool, dominated_crops, orb_crops,
+                                   to_batch, to_clip_input)
 from infd_solve.clip import WEIGHTS_FILE, load_clip, save_clip, zero_shot
 from infd_solve.io import atomic_path
 from infd_solve.training import (add_run_arguments, load_train_state, save_train_state, warmup_cosine_lr,
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=12000, help="number of generated crops (default 12000)")
     p.add_argument("--pool-cache", default=None, metavar="NPZ",
                    help="reuse/write the generated pool here (keyed by size, seed and the generator's source)")
+    p.add_argument("--orb-crops", type=float, default=0.0,
+                   help="share of the pool centred on the sun or moon (sides 1-2 of its diameter), which random "
+                        "crops never show large (default 0; see the model card)")
     p.add_argument("--label-prob", type=float, default=0.5,
                    help="probability of using the label prompt for a crop dominated by one label (default 0.5)")
     p.add_argument("--prompt-loss", type=float, default=0.5, metavar="W",
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
 
     # Data (deterministic in --seed, so a resumed run regenerates the same pool).
-    images, texts, dominant = captioned_pool(args.pool_size, size, args.seed, args.pool_cache)
+    images, texts, dominant = captioned_pool(args.pool_size, size, args.seed, args.pool_cache, args.orb_crops)
     pix = images.reshape(-1, 3).astype(np.float64) / 255.0
     mean = tuple(round(float(v), 4) for v in pix.mean(0))
     std = tuple(round(float(v), 4) for v in pix.std(0))
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy, per_label = zero_shot(exported, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
                                     torch.from_numpy(labels), [L.label_captions()[name] for name in L.LABELS])
     per_class = {L.LABELS[k]: v for k, v in per_label.items()}
+    images, labels = orb_crops(args.eval_crops // 2, exported.size, EVAL_SEED)
+    orb_accuracy, _ = zero_shot(exported, to_batch(images), torch.from_numpy(labels),
+                                [L.label_captions()[name] for name in L.LABELS])
     final = float(np.mean(losses[-20:]))
     log = {
         "command": command,
@@ -214,7 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
         "final_loss": round(final, 4),
         "final_prompt_loss": round(float(np.mean(prompt_losses[-20:])), 4) if prompt_losses else None,
         "zero_shot": {"top1": round(accuracy, 4), "crops": args.eval_crops, "dominant_fraction": DOMINANT,
-                      "prompts": dict(zip(names, prompts)), "per_class": per_class},
+                      "prompts": dict(zip(names, prompts)), "per_class": per_class,
+                      "orb_top1": round(orb_accuracy, 4), "orb_eval_crops": len(labels),
+                      "orb_dominant_fraction": ORB_DOMINANT},
         "threads": torch.get_num_threads(),
     }
     with atomic_path(out / "train_log.json") as tmp:
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"done: {step} steps, train {train_time / 60:.1f} min, wall {log['wall_seconds'] / 60:.1f} min, "
           f"final loss {final:.3f}, {n_params / 1e6:.2f} M params, {log['weights_mb']} MB", flush=True)
     print(f"zero-shot top-1 on {args.eval_crops} held-out crops: {accuracy:.1%}  [{per}]", flush=True)
+    print(f"zero-shot top-1 on {len(labels)} held-out crops around the sun or moon: {orb_accuracy:.1%}", flush=True)
     return log
 
 

@@ -235,6 +235,7 @@ def test_recipe_writes_a_loadable_directory(tmp_path, capsys):
     assert {"open_clip_config.json", "open_clip_model.safetensors", "train_log.json", "loss_curve.png"} <= names
     saved = json.loads((out / "train_log.json").read_text())
     assert saved["steps"] == 2 and "--tiny" in saved["command"] and 0 <= saved["zero_shot"]["top1"] <= 1
+    assert 0 <= saved["zero_shot"]["orb_top1"] <= 1 and saved["zero_shot"]["orb_eval_crops"] == 2
     assert np.isfinite(saved["final_loss"]) and saved == json.loads(json.dumps(log))
     config = json.loads((out / "open_clip_config.json").read_text())
     assert config["preprocess_cfg"]["mean"] != pytest.approx(OPENAI_MEAN)

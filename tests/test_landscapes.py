@@ -254,3 +254,26 @@ def test_dataset_splits_are_disjoint_and_deterministic():
         train.scene(50)
     with pytest.raises(ValueError, match="split"):
         LandscapeDataset(5, split="val")
+
+
+def test_orb_crops_show_the_sun_or_moon_large():
+    """Random crops (sides >= 0.1) never show the sun large; the CLIP's pool has crops around it, labelled by
+    the scene's own pixels."""
+    from infd_solve.data import crops
+
+    rng, shares = np.random.default_rng(5), []
+    for _ in range(40):
+        scene = crops.random_scene(rng, "test")
+        box = crops.orb_box(rng, scene)
+        side = box[2] - box[0]
+        assert min(box) >= 0 and max(box) <= 1 + 1e-9 and box[3] - box[1] == pytest.approx(side)
+        assert 2 * scene.orb[2] - 1e-9 <= side <= 4 * scene.orb[2] + 1e-9
+        _, lab = render_scene(scene, box, (32, 32))
+        shares.append(max(float((lab == k).mean()) for k in crops.ORBS))
+    assert np.median(shares) >= 0.2, np.round(shares, 2)
+    images, labels = crops.orb_crops(6, 32, seed=3)
+    assert images.shape == (6, 32, 32, 3) and set(labels) <= set(crops.ORBS)
+    dominant = lambda share: {crops.captioned_crop(np.random.default_rng([0, i]), 32, orb_crops=share)[2]
+                              for i in range(200)}
+    assert not dominant(0.0) & set(crops.ORBS), "random crops were thought never to show the sun or moon large"
+    assert dominant(0.1) & set(crops.ORBS), "no orb crop of the pool shows the sun or moon large"

@@ -22,6 +22,11 @@ from ..io import atomic_path
 from . import landscapes as L
 
 DOMINANT = 0.6  # a crop "is" a label when that label covers >= 60 % of its pixels
+# The sun and the moon are at most 0.13 of the canvas side, so random crops (sides >= 0.1) never show one
+# large; without crops around them the CLIP cannot tell "the sun" at all. A disc in its glow covers about half
+# of its bounding square, hence its own, lower threshold.
+ORB_DOMINANT = 0.25
+ORBS = (L.LABELS.index("sun"), L.LABELS.index("moon"))
 JUDGE_KINDS = ("clean", "autoencoder", "upsampled")
 
 
@@ -81,31 +86,50 @@ def log_uniform_box(rng: np.random.Generator, min_side: float, max_side: float =
     return (x0, y0, min(1.0, x0 + w), min(1.0, y0 + h))
 
 
-def _dominant(labels: np.ndarray) -> int:
+def _dominant(labels: np.ndarray, orb_threshold: float = 1.0) -> int:
     frac = np.bincount(labels.ravel(), minlength=len(L.LABELS)) / labels.size
+    orb = max(ORBS, key=lambda k: frac[k])
+    if frac[orb] >= orb_threshold:
+        return orb
     return int(frac.argmax()) if frac.max() >= DOMINANT else -1
 
 
+def orb_box(rng: np.random.Generator, scene: L.Scene) -> tuple:
+    """A square around the scene's sun or moon, side 1-2 of its diameter (log-uniform), centre jittered."""
+    x, y, r = scene.orb
+    side = 2 * r * math.exp(rng.uniform(0.0, math.log(2.0)))
+    cx, cy = x + rng.uniform(-0.25, 0.25) * side, y + rng.uniform(-0.25, 0.25) * side
+    x0 = min(max(cx - side / 2, 0.0), 1.0 - side)
+    y0 = min(max(cy - side / 2, 0.0), 1.0 - side)
+    return (x0, y0, x0 + side, y0 + side)
+
+
 # ------------------------------------------------------------------------------ captioned crops (domain CLIP)
-def captioned_crop(rng: np.random.Generator, size: int, split: str = "train", min_side: float = 0.1):
-    """One ``(uint8 image, caption, dominant label index or -1)``."""
+def captioned_crop(rng: np.random.Generator, size: int, split: str = "train", min_side: float = 0.1,
+                   orb_crops: float = 0.0):
+    """One ``(uint8 image, caption, dominant label index or -1)``; with probability ``orb_crops`` a square
+    around the scene's sun or moon (:func:`orb_box`), else a random box."""
     scene = random_scene(rng, split)
-    box = log_uniform_box(rng, min_side)
+    around_orb = rng.random() < orb_crops
+    box = orb_box(rng, scene) if around_orb else log_uniform_box(rng, min_side)
     rgb, lab = L.render_scene(scene, box, (size, size))
-    return (rgb * 255.0 + 0.5).astype(np.uint8), L.caption(scene, box, (size, size)), _dominant(lab)
+    dominant = _dominant(lab, ORB_DOMINANT if around_orb else 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8), L.caption(scene, box, (size, size)), dominant
 
 
-def captioned_pool(n: int, size: int, seed: int, cache: str | Path | None = None):
-    """``n`` captioned crops (crop i from ``[seed, i]``): ``(images, captions, dominant labels)``."""
+def captioned_pool(n: int, size: int, seed: int, cache: str | Path | None = None, orb_crops: float = 0.0):
+    """``n`` captioned crops (crop i from ``[seed, i]``; a share ``orb_crops`` around the sun or moon):
+    ``(images, captions, dominant labels)``."""
     def make():
         images = np.empty((n, size, size, 3), np.uint8)
         texts, dominant = [], np.empty(n, np.int64)
         for i in tqdm(range(n), desc="generating crops", leave=False, mininterval=2.0):
-            images[i], text, dominant[i] = captioned_crop(np.random.default_rng([seed, i]), size)
+            rng = np.random.default_rng([seed, i])
+            images[i], text, dominant[i] = captioned_crop(rng, size, orb_crops=orb_crops)
             texts.append(text)
         return {"images": images, "texts": np.array(texts), "dominant": dominant}
 
-    z = cached(cache, f"{generator_version()}-{n}-{size}-{seed}", make)
+    z = cached(cache, f"{generator_version()}-{n}-{size}-{seed}" + (f"-orb{orb_crops}" if orb_crops else ""), make)
     return z["images"], [str(t) for t in z["texts"]], z["dominant"]
 
 
@@ -120,6 +144,20 @@ def dominated_crops(n: int, size: int, seed: int, max_tries: int | None = None, 
         if _dominant(lab) >= 0:
             images.append((rgb * 255.0 + 0.5).astype(np.uint8))
             labels.append(_dominant(lab))
+    return np.stack(images), np.array(labels)
+
+
+def orb_crops(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` held-out crops around a sun or moon that covers at least ``ORB_DOMINANT`` of them:
+    ``(uint8 images, label indices)``."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    while len(images) < n:
+        scene = random_scene(rng, "test")
+        rgb, lab = L.render_scene(scene, orb_box(rng, scene), (size, size))
+        if (label := _dominant(lab, ORB_DOMINANT)) in ORBS:
+            images.append((rgb * 255.0 + 0.5).astype(np.uint8))
+            labels.append(label)
     return np.stack(images), np.array(labels)
 
 
