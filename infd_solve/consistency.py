@@ -25,7 +25,8 @@ Where nothing is observed (a hole), the known pixels hold the model's latent onl
 further in, its fill is one plausible guess, on average further from the truth than the smooth fill. So unless
 the trust was given or another constraint covers the box (:func:`correct`), ``g`` there fades with the distance
 ``d`` to the nearest known pixel, ``g exp(-d / L)`` (``L``: half a latent cell, :data:`DEPTH_CELLS`), and the
-output is that blend of the model's fill and the classical one. Random missing pixels, all near known ones, keep the model's render.
+output is that blend of the model's fill and the classical one. Random missing pixels, all near known ones,
+keep the model's render.
 """
 
 from __future__ import annotations

@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     save_clip(model, model_cfg, preprocess_cfg, out)
     exported = load_clip(out, device=args.device)  # scored as users will load it
     images, labels = dominated_crops(args.eval_crops, exported.size, EVAL_SEED)
-    accuracy, per_label = zero_shot(exported, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
-                                    torch.from_numpy(labels), [L.label_captions()[name] for name in L.LABELS])
+    accuracy, per_label = zero_shot(exported, to_batch(images), torch.from_numpy(labels),
+                                    [L.label_captions()[name] for name in L.LABELS])
     per_class = {L.LABELS[k]: v for k, v in per_label.items()}
     images, labels = orb_crops(args.eval_crops // 2, exported.size, EVAL_SEED)
     orb_accuracy, _ = zero_shot(exported, to_batch(images), torch.from_numpy(labels),

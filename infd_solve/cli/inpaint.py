@@ -12,8 +12,8 @@ else in the image is known. ``--mask`` is an image of the input's size where whi
 mask drawn the other way round, white = hole, needs ``--invert-mask``); grey levels are soft weights.
 ``--trust 1`` keeps the model's own fill throughout the hole; by default it fades into a smooth (harmonic) fill
 deep inside a large hole, where the model's fill is a guess. ``--box x0 y0 x1 y1`` places the image on a part
-of the canvas (default: the whole canvas); the rest of the canvas is then free. The output is the whole canvas, by default at the image's pixel density (``--size``
-overrides).
+of the canvas (default: the whole canvas); the rest of the canvas is then free. The output is the whole canvas,
+by default at the image's pixel density (``--size`` overrides).
 
 Writes ``OUT`` and ``OUT_compare.png`` (input with the region to fill shaded, result), and prints the PSNR of the
 result on the known pixels. Images with alpha, palettes, 16 bits or one channel are converted to RGB with a note.
