@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 2 or args.pool_size < args.batch_size:
         parser.error("need --steps >= 1, --batch-size >= 2 and --pool-size >= --batch-size")
+    if not 0.0 <= args.orb_crops <= 1.0:
+        parser.error(f"--orb-crops is a share of the pool, between 0 and 1; got {args.orb_crops}")
     command = shlex.join([sys.executable, *(sys.argv if argv is None else [str(Path(__file__)), *argv])])
     if args.threads:
         torch.set_num_threads(args.threads)

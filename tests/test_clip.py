@@ -242,6 +242,9 @@ def test_recipe_writes_a_loadable_directory(tmp_path, capsys):
     clip = load_clip(out)
     assert clip.mean == pytest.approx(config["preprocess_cfg"]["mean"]) and clip.size == 32
     assert clip.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
+    with pytest.raises(SystemExit):
+        recipe.main(common + ["--orb-crops", "1.5"])
+    assert "--orb-crops is a share of the pool" in capsys.readouterr().err
     # --resume picks up the saved state (already at the last step) and then removes it
     capsys.readouterr()
     recipe.main(common + ["--resume"])
