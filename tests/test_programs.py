@@ -264,3 +264,20 @@ def test_a_broken_entry_point_is_a_one_line_layout_error(tmp_path, monkeypatch):
                                           r"test-broken = broken_plugin:Broken, which cannot be imported: "
                                           r"ModuleNotFoundError: No module named 'a_module_nobody_has'$"):
         parse_layout({"items": [{"type": "test-broken"}]})
+
+
+def test_conversion_warnings_become_notes_and_an_interrupted_imports_unclosed_file_does_not(capsys):
+    """Ctrl-C while torch reads a ``.pyc`` leaves that file to the garbage collector, whose ResourceWarning
+    must not add a line to the one-line error (a real flake of the test above)."""
+    import warnings
+
+    from infd_solve.cli import user_errors
+
+    with pytest.raises(SystemExit) as ended, user_errors("infd-layout"):
+        warnings.warn("image mode P converted to RGB")
+        warnings.warn("unclosed file <_io.FileIO name='x.pyc'>", ResourceWarning)
+        raise KeyboardInterrupt
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "infd-layout: note: image mode P converted to RGB",
+        "infd-layout: error: interrupted; every file written so far is complete, none is half-written"]

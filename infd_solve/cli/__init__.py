@@ -96,6 +96,9 @@ def user_errors(prog: str) -> Iterator[None]:
     ends with one line and exit code 2, Ctrl-C with exit code 130; warnings become ``PROG: note: ...``."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        # a file left open by code Ctrl-C interrupted (an import reading a .pyc) is not the user's business;
+        # Python's own defaults hide ResourceWarning too
+        warnings.simplefilter("ignore", ResourceWarning)
         warnings.showwarning = lambda message, *a, **k: print(f"{prog}: note: {_printable(message)}", file=sys.stderr)
         try:
             yield
