@@ -152,3 +152,48 @@ def field_seam_ratios(model, phis, field_size: int, rng, sizes=(1024, 2048), win
                                 for phi, (t, l) in zip(phis, starts)])
         out[size] = {"seam": seam_ratio(images, cell), "bend": seam_ratio(images, cell, order=2)}
     return out
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean gradient magnitude of ``B x C x H x W`` images: ``sqrt(dx^2 + dy^2)`` of forward
+    differences per channel, averaged over channels and pixels. A per-pixel measure, so compare images rendered
+    at the same size (a blurred image has less of it than the truth at that size)."""
+    x = images.double()
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.square() + dy.square()).sqrt().flatten(1).mean(1)
+
+
+def edge_gradient_ratio(strips: torch.Tensor, width: int = 2) -> float:
+    """How much the outermost ``width`` rows of a canvas stand out: ``strips`` are ``B x C x S x W`` bands along
+    a canvas edge, row 0 on the edge (rotate left, right and bottom bands so). The mean gradient magnitude of
+    rows ``[0, width)`` over that of rows ``[2 width, S)``; about 1 when the edge is drawn like the interior
+    (a dark or bright frame, as zero padding at the canvas edge draws, gives far more)."""
+    if strips.dim() != 4 or strips.shape[2] < 3 * width + 1:
+        raise ValueError(f"edge_gradient_ratio needs B x C x S x W strips with S > {3 * width}, got "
+                         f"{tuple(strips.shape)}")
+    x = strips.double()
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    per_row = (dx.square() + dy.square()).sqrt().mean((0, 1, 3))  # row i: differences from row i
+    return float(per_row[:width].mean() / per_row[2 * width :].mean().clamp_min(1e-12))
+
+
+def line_scores(images: torch.Tensor) -> tuple[float, float]:
+    """Straight lines running across ``B x C x H x W`` images (streaks, a window grid): ``(vertical,
+    horizontal)``.
+
+    Vertical: the signed difference between horizontal neighbours, averaged down each whole column; a line
+    that runs the image's height keeps its contrast there while scattered content averages out. The score is
+    the root mean square of those column means over that of all the differences: about ``1 / sqrt(H)`` for
+    content without long lines, up to 1 for lines spanning the image. Horizontal: the same along rows.
+    Content has straight lines of its own (a lake's shore is one): compare with real images of the domain.
+    """
+    x = images.double()
+
+    def along_columns(t: torch.Tensor) -> float:
+        d = t[..., :, 1:] - t[..., :, :-1]
+        column_means = d.mean(-2)
+        return float(column_means.square().mean().sqrt() / d.square().mean().sqrt().clamp_min(1e-12))
+
+    return along_columns(x), along_columns(x.transpose(-1, -2))

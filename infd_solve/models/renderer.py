@@ -26,6 +26,7 @@ NormFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 # Renderer input channels that encode the query's position within its cell, per ``coord_encoding``.
 COORD_CHANNELS = {"relative": 2, "periodic": 4, "none": 0}
 FEATURE_SAMPLING = ("nearest", "bilinear", "bicubic")
+PADDING = ("zeros", "reflect", "replicate")
 
 
 def _is_pixel_grid(coord: torch.Tensor) -> bool:
@@ -72,6 +73,10 @@ class RendererConfig:
     # "none": no position within the cell (with bilinear or bicubic sampling the features alone still vary
     # smoothly, so nothing the net sees depends on where a cell border lies).
     coord_encoding: str = "relative"
+    # What the convolutions see beyond the grid. Inside the canvas the halo that rendering adds makes this
+    # irrelevant (it is cropped away); at the canvas edge it is what the outermost pixels are drawn from.
+    # "zeros" (official) draws a dark frame there; "reflect" continues the activations as a mirror image.
+    padding: str = "zeros"
 
     def __post_init__(self):
         if self.feature_sampling not in FEATURE_SAMPLING:
@@ -80,6 +85,8 @@ class RendererConfig:
         if self.coord_encoding not in COORD_CHANNELS:
             raise ValueError(f"coord_encoding must be one of {', '.join(map(repr, COORD_CHANNELS))}, "
                              f"got {self.coord_encoding!r}")
+        if self.padding not in PADDING:
+            raise ValueError(f"padding must be one of {', '.join(map(repr, PADDING))}, got {self.padding!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
         if self.normalize and self.hidden_channels % 32:
@@ -94,25 +101,39 @@ def _norm(channels: int, normalize: bool) -> nn.Module:
     return nn.GroupNorm(32, channels, eps=1e-6) if normalize else nn.Identity()
 
 
+class _Conv(nn.Conv2d):
+    """A "same" convolution; with ``reflect`` padding, a grid too thin to mirror (one pixel for a 3x3 kernel)
+    repeats its edge instead, so any grid renders."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode == "reflect" and min(x.shape[-2:]) <= max(self.padding):
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode="replicate")
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+def _conv(channels_in: int, channels_out: int, kernel_size: int, padding: str) -> nn.Conv2d:
+    return _Conv(channels_in, channels_out, kernel_size, padding=kernel_size // 2, padding_mode=padding)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, normalize: bool):
+    def __init__(self, channels: int, kernel_size: int, normalize: bool, padding: str = "zeros"):
         super().__init__()
-        pad = kernel_size // 2
         self.norm1 = _norm(channels, normalize)
-        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.conv1 = _conv(channels, channels, kernel_size, padding)
         self.norm2 = _norm(channels, normalize)
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.conv2 = _conv(channels, channels, kernel_size, padding)
 
 
 class CLIFRenderer(nn.Module):
     def __init__(self, config: RendererConfig):
         super().__init__()
         self.config = config
-        c, k = config.hidden_channels, config.kernel_size
-        self.conv_in = nn.Conv2d(self.in_channels, c, k, padding=k // 2)
-        self.resnets = nn.ModuleList(ResBlock(c, k, config.normalize) for _ in range(config.num_res_blocks))
+        c, k, pad = config.hidden_channels, config.kernel_size, config.padding
+        self.conv_in = _conv(self.in_channels, c, k, pad)
+        self.resnets = nn.ModuleList(ResBlock(c, k, config.normalize, pad) for _ in range(config.num_res_blocks))
         self.norm_out = _norm(c, config.normalize)
-        self.conv_out = nn.Conv2d(c, 3, k, padding=k // 2)
+        self.conv_out = _conv(c, 3, k, pad)
 
     @property
     def in_channels(self) -> int:
