@@ -34,6 +34,7 @@ from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_sce
 from infd_solve.io import save_figure
 from infd_solve.layout import parse_layout, read_layout
 from infd_solve.metrics import psnr
+from infd_solve.samplers import SAMPLERS
 
 
 TASKS = ["sr", "inpainting", "clip", "clip-views"]
@@ -53,7 +54,8 @@ def main(argv=None):
     p.add_argument("--refine-steps", type=int, default=None,
                    help="data-consistency steps after sampling (default: the library's: observations refine)")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
-    p.add_argument("--guidance", choices=["dps", "x0"], default="dps")
+    p.add_argument("--sampler", choices=["auto", *SAMPLERS], default="auto",
+                   help="sampler family (default: the one the constraints prefer, as the library does)")
     p.add_argument("--out", type=Path, default=Path("outputs/eval_solver"))
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv=None):
     table, figure_rows = {}, []
 
     def solver(scale=args.scale, refine_steps=args.refine_steps):
-        return infd_solve.Solver(model, steps=args.steps, guidance=args.guidance, scale=scale,
+        return infd_solve.Solver(model, steps=args.steps, sampler=args.sampler, guidance_scale=scale,
                                  refine_steps=refine_steps, progress=False)
 
     if "sr" in args.tasks:
@@ -149,7 +151,7 @@ def main(argv=None):
                 table[key] = float(np.mean(values))
     table["wall time (s)"] = round(time.time() - start, 1)
 
-    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, guidance=args.guidance,
+    cli.report_table(table, args.out.with_suffix(".json"), scenes=args.scenes, steps=args.steps, sampler=args.sampler,
                      scale=args.scale, refine_steps=args.refine_steps)
     written = [args.out.with_suffix(".json")]
     if figure_rows:
@@ -164,7 +166,7 @@ def draw(rows, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, (kind, images) in enumerate(rows):
         titles = ["bicubic x8", "ours x8", "truth"] if kind == "SR x8" else ["observed (hole black)", "ours", "truth"]
         for c, (image, title) in enumerate(zip(images, titles)):
