@@ -155,7 +155,9 @@ def test_ctrl_c_during_the_heavy_imports_exits_130_with_one_line(inputs, tmp_pat
     argv, _, _ = small_run("infd-layout", inputs, tmp_path)
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     command = [str(console_script("infd-layout")), *map(str, argv)]
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    # SIGINT as a terminal delivers it: a runner started in the background (`cmd &`) passes it on ignored
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as process:
         before = []
         for line in process.stderr:
             before.append(line)
@@ -281,19 +283,3 @@ def test_conversion_warnings_become_notes_and_an_interrupted_imports_unclosed_fi
     assert capsys.readouterr().err.splitlines() == [
         "infd-layout: note: image mode P converted to RGB",
         "infd-layout: error: interrupted; every file written so far is complete, none is half-written"]
-
-
-def test_a_ctrl_c_some_library_swallowed_still_exits_130(capsys):
-    """Ctrl-C during an optional import that a library guards with a bare ``except:`` is lost to Python, and
-    the run goes on to its end; its exit status must still say it was interrupted (seen in CI: exit 0)."""
-    from infd_solve.cli import user_errors
-
-    with pytest.raises(SystemExit) as ended, user_errors("infd-layout"):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-        except BaseException:  # noqa: B036: what such a library does
-            pass
-    assert ended.value.code == 130
-    assert capsys.readouterr().err.splitlines() == [
-        "infd-layout: error: interrupted; every file written so far is complete, none is half-written"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -91,36 +91,10 @@ def plural(count: int, noun: str) -> str:
 
 
 @contextlib.contextmanager
-def _interrupts_remembered() -> Iterator[list]:
-    """Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered (the list it yields), so a library
-    that swallows it (a bare ``except:`` around an optional import) cannot turn an interrupted run into exit
-    status 0. Only where Python's own handler is set, in the main thread (an ignored SIGINT stays ignored)."""
-    import signal
-    import threading
-
-    remembered: list = []
-
-    def interrupt(signum, frame):
-        remembered.append(signum)
-        raise KeyboardInterrupt
-
-    ours = (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-    if ours:
-        signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield remembered
-    finally:
-        if ours:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Bad input (``ValueError``, including layout and checkpoint errors; a missing file; an unwritable output)
-    ends with one line and exit code 2, Ctrl-C with exit code 130 (even one a library swallowed on the way);
-    warnings become ``PROG: note: ...``."""
-    with warnings.catch_warnings(), _interrupts_remembered() as interrupts:
+    ends with one line and exit code 2, Ctrl-C with exit code 130; warnings become ``PROG: note: ...``."""
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
         # a file left open by code Ctrl-C interrupted (an import reading a .pyc) is not the user's business;
         # Python's own defaults hide ResourceWarning too
@@ -128,8 +102,6 @@ def user_errors(prog: str) -> Iterator[None]:
         warnings.showwarning = lambda message, *a, **k: print(f"{prog}: note: {_printable(message)}", file=sys.stderr)
         try:
             yield
-            if interrupts:
-                raise KeyboardInterrupt
         except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, CheckpointError, LayoutError
             fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
         except MemoryError:
