@@ -154,14 +154,19 @@ def field_seam_ratios(model, phis, field_size: int, rng, sizes=(1024, 2048), win
     return out
 
 
-def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
-    """Per-image mean gradient magnitude of ``B x C x H x W`` images: ``sqrt(dx^2 + dy^2)`` of forward
-    differences per channel, averaged over channels and pixels. A per-pixel measure, so compare images rendered
-    at the same size (a blurred image has less of it than the truth at that size)."""
+def _gradient_map(images: torch.Tensor) -> torch.Tensor:
+    """``sqrt(dx^2 + dy^2)`` of forward differences per channel: ``B x C x (H-1) x (W-1)``, in float64."""
     x = images.double()
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return (dx.square() + dy.square()).sqrt().flatten(1).mean(1)
+    return (dx.square() + dy.square()).sqrt()
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean gradient magnitude of ``B x C x H x W`` images, over channels and pixels. A per-pixel
+    measure, so compare images rendered at the same size (a blurred image has less of it than the truth at that
+    size)."""
+    return _gradient_map(images).flatten(1).mean(1)
 
 
 def edge_gradient_ratio(strips: torch.Tensor, width: int = 2) -> float:
@@ -172,10 +177,7 @@ def edge_gradient_ratio(strips: torch.Tensor, width: int = 2) -> float:
     if strips.dim() != 4 or strips.shape[2] < 3 * width + 1:
         raise ValueError(f"edge_gradient_ratio needs B x C x S x W strips with S > {3 * width}, got "
                          f"{tuple(strips.shape)}")
-    x = strips.double()
-    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    per_row = (dx.square() + dy.square()).sqrt().mean((0, 1, 3))  # row i: differences from row i
+    per_row = _gradient_map(strips).mean((0, 1, 3))  # row i: differences from row i
     return float(per_row[:width].mean() / per_row[2 * width :].mean().clamp_min(1e-12))
 
 
