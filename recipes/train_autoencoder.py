@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
-from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING
+from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING, PADDING
 from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, adapt_renderer_input,
                                  adaptive_gan_weight, load_train_state, save_train_state, write_train_log)
 from infd_solve.viz import plot_training
@@ -43,7 +43,8 @@ def default_config(args) -> INFDConfig:
     return INFDConfig(
         z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed or None,
         renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
-                  "feature_sampling": args.feature_sampling, "coord_encoding": args.coord_encoding}, unet=None,
+                  "feature_sampling": args.feature_sampling, "coord_encoding": args.coord_encoding,
+                  "padding": args.padding}, unet=None,
     )
 
 
@@ -66,6 +67,10 @@ def parse_args(argv=None):
                         "without --init; periodic: sin/cos, continuous across cell borders; none: left out). "
                         "Default with --init: the init's. A different one adapts the init's renderer input layer "
                         "(see adapt_renderer_input)")
+    p.add_argument("--padding", choices=list(PADDING),
+                   help="renderer padding at the canvas edge (zeros: official, the default without --init; "
+                        "reflect: no dark frame, see the model card's stage 7). Default with --init: the init's. "
+                        "Changing it alone needs no training: --steps 0 writes the init with the new padding")
     p.add_argument("--init", help="start from this model directory (same autoencoder sizes)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train decoder and renderer only: the latents, and a denoiser trained on them, stay valid")
@@ -99,6 +104,8 @@ def main(argv=None):
     init = infd_solve.load_model(args.init) if args.init else None
     if args.coord_encoding is None:
         args.coord_encoding = init.config.renderer.coord_encoding if init else "relative"
+    if args.padding is None:
+        args.padding = init.config.renderer.padding if init else "zeros"
     config = default_config(args)
     if args.init:
         if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it

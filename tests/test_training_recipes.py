@@ -86,3 +86,19 @@ def test_decoder_fine_tune_keeps_latents_and_denoiser(diffusion, tmp_path):
             assert torch.equal(value, old[key]), key
     assert any(not torch.equal(v, old[k]) for k, v in after.state_dict().items() if k.startswith("renderer."))
     assert len(json.loads((out / "train_log.json").read_text())["final"]) >= 3
+
+
+def test_padding_changes_with_no_training(diffusion, tmp_path):
+    """Stage 7 of the shipped model: --steps 0 writes the init bitwise with the new padding."""
+    out = tmp_path / "reflect"
+    load_recipe("train_autoencoder").main(["--out", str(out), "--init", str(diffusion / "infd"), "--freeze-encoder",
+                                           "--padding", "reflect", "--steps", "0"] + TINY_AE)
+    before, after = infd_solve.load_model(diffusion / "infd"), infd_solve.load_model(out / "infd")
+    assert before.config.renderer.padding == "zeros" and after.config.renderer.padding == "reflect"
+    old = before.state_dict()
+    assert after.state_dict().keys() == old.keys()
+    assert all(torch.equal(v, old[k]) for k, v in after.state_dict().items())
+    with torch.no_grad():
+        field = after.decode(after.encode(torch.zeros(1, 3, 16, 16)))
+        edge = (after.render(field, 24) - before.render(field, 24)).abs()
+    assert edge[..., 8:-8, 8:-8].max() < 1e-5 and edge.max() > 1e-3  # only the canvas edge changes
