@@ -207,7 +207,8 @@ def plot_training(history: dict, path: str | Path, title: str, log: bool = True,
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    if ax.get_legend_handles_labels()[0]:  # a run of 0 steps (a config change alone) has no curves
+        ax.legend(loc="upper left")
     if validation is not None and len(validation[1]):
         name, steps, values = validation
         twin = ax.twinx()

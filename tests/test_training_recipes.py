@@ -88,6 +88,7 @@ def test_decoder_fine_tune_keeps_latents_and_denoiser(diffusion, tmp_path):
     assert len(json.loads((out / "train_log.json").read_text())["final"]) >= 3
 
 
+@pytest.mark.filterwarnings("error")
 def test_padding_changes_with_no_training(diffusion, tmp_path):
     """Stage 7 of the shipped model: --steps 0 writes the init bitwise with the new padding."""
     out = tmp_path / "reflect"
