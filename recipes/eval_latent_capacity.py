@@ -16,17 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infd_solve.data import TEST_SEED_OFFSET, render_scene, sample_scene
+from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.io import atomic_path
 from infd_solve.metrics import psnr
-
-
-def truth(seed: int, size: int) -> torch.Tensor:
-    return torch.from_numpy(render_scene(sample_scene(seed), (0, 0, 1, 1), (size, size))[0]).permute(2, 0, 1)[None] * 2 - 1
 
 
 def patches(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -65,11 +60,11 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     size = args.input_size
-    train = torch.cat([truth(i, size) for i in range(args.train_scenes)])
+    train = torch.cat([scene_tensor(i, size) for i in range(args.train_scenes)])
     seeds = [TEST_SEED_OFFSET + 10_000 + i for i in range(args.scenes)]  # eval_default's held-out scenes
-    test, test_256 = torch.cat([truth(s, size) for s in seeds]), torch.cat([truth(s, 256) for s in seeds])
+    test, test_256 = torch.cat([scene_tensor(s, size) for s in seeds]), torch.cat([scene_tensor(s, 256) for s in seeds])
     bicubic = lambda x: F.interpolate(x, size=256, mode="bicubic", align_corners=False).clamp(-1, 1)
-    test_64 = torch.cat([truth(s, 64) for s in seeds])
+    test_64 = torch.cat([scene_tensor(s, 64) for s in seeds])
     table = {"bicubic from 64 PSNR @256 (dB)": float(psnr(bicubic(test_64), test_256).mean()),
              f"bicubic from {size} PSNR @256 (dB)": float(psnr(bicubic(test), test_256).mean()), "codes": []}
     print(f"{'latent':>12} {'PSNR @' + str(size):>10} {'PSNR @256':>10}")
