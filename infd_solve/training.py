@@ -143,14 +143,23 @@ def adapt_renderer_input(weight: torch.Tensor, features: int, old: str, new: str
 
 
 @torch.no_grad()
-def encode_scenes(model, num_scenes: int, batch: int = 64) -> torch.Tensor:
-    """Latents of procedural scenes ``0 .. num_scenes - 1`` at the model's input size (diffusion training data)."""
+def encode_scenes(model, num_scenes: int, batch: int = 64, mirror: bool = False) -> torch.Tensor:
+    """Latents of procedural scenes ``0 .. num_scenes - 1`` at the model's input size (diffusion training data).
+
+    ``mirror``: also the latents of their mirror images (left-right), after them: ``2 * num_scenes`` in all.
+    A mirrored scene is encoded, not its latent flipped: an encoder is not flip-equivariant, and a flipped
+    latent is one the encoder never makes (see ``recipes/train_diffusion.py``).
+    """
     size = model.config.input_size
-    latents = []
-    for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
-        images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
-        latents.append(model.encode(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1))
-    return torch.cat(latents)
+    latents, mirrored = [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
+            images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
+            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+            latents.append(model.encode(x))
+            if mirror:
+                mirrored.append(model.encode(x.flip(-1)))
+    return torch.cat(latents + mirrored)
 
 
 def weight_decay_groups(model, weight_decay: float) -> list[dict]:

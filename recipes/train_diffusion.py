@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--autoencoder", required=True, help="model directory (or official .pth) whose latents to model")
     p.add_argument("--out", type=Path, default=Path("runs/diffusion"))
-    p.add_argument("--num-scenes", type=int, default=20000, help="training latents (procedural landscapes)")
+    p.add_argument("--num-scenes", type=int, default=20000,
+                   help="procedural landscapes; each is also encoded mirrored (2x the training latents)")
     p.add_argument("--model-channels", type=int, default=64)
     p.add_argument("--channel-mult", type=int, nargs="+", default=[1, 2, 2])
     p.add_argument("--res-blocks", type=int, default=1)
@@ -71,15 +72,18 @@ def main(argv=None):
     config.scheduler = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0015,
                         "beta_end": 0.0195}
     model = INFDModel(config)
-    model.load_state_dict(ae.state_dict(), strict=False)  # everything but the new denoiser
+    # everything but the new denoiser (a complete model's own denoiser is not a starting point: train from scratch)
+    model.load_state_dict({k: v for k, v in ae.state_dict().items() if not k.startswith("unet.")}, strict=False)
     unet, scheduler = model.unet, model.scheduler
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
 
-    if latents_path.exists() and len(torch.load(latents_path, weights_only=True)) == args.num_scenes:
+    # Each scene and its mirror image, both encoded: landscapes are left-right symmetric, but the encoder is not,
+    # so flipping a latent would teach the denoiser latents the encoder never makes (they decode worse).
+    if latents_path.exists() and len(torch.load(latents_path, weights_only=True)) == 2 * args.num_scenes:
         latents = torch.load(latents_path, weights_only=True)
     else:
-        latents = encode_scenes(model, args.num_scenes)
+        latents = encode_scenes(model, args.num_scenes, mirror=True)
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
     config.latent_scale = model.config.latent_scale = round(1.0 / float(latents.std()), 4)
@@ -107,8 +111,6 @@ def main(argv=None):
         while step < args.steps:
             t0 = time.time()
             z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng)]
-            flip = torch.rand(args.batch_size, generator=rng) < 0.5  # landscapes are left-right symmetric
-            z0 = torch.where(flip[:, None, None, None], z0.flip(-1), z0)
             noise = torch.randn(z0.shape, generator=rng)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
             loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, noise)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import infd_solve
+from infd_solve.data import scene_tensor
 
 from .helpers import load_recipe
 
@@ -15,6 +16,10 @@ pytestmark = pytest.mark.slow
 
 TINY_AE = ["--input-size", "16", "--latent", "8", "--ch", "32", "--hidden", "32", "--n-embed", "16", "--patch", "8",
            "--max-res", "64", "--batch-size", "2", "--threads", "1", "--workers", "0", "--save-every", "1"]
+
+
+TINY_DM = ["--num-scenes", "8", "--steps", "2", "--batch-size", "4", "--model-channels", "32", "--channel-mult", "1",
+           "2", "--attention", "2", "--head-channels", "16", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +60,7 @@ def test_autoencoder_recipe_on_a_folder_of_images(tmp_path):
 @pytest.fixture(scope="module")
 def diffusion(autoencoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("dm")
-    load_recipe("train_diffusion").main([
-        "--autoencoder", str(autoencoder / "infd"), "--out", str(out), "--num-scenes", "8", "--steps", "2",
-        "--batch-size", "4", "--model-channels", "32", "--channel-mult", "1", "2", "--attention", "2",
-        "--head-channels", "16", "--threads", "1"])
+    load_recipe("train_diffusion").main(["--autoencoder", str(autoencoder / "infd"), "--out", str(out)] + TINY_DM)
     return out
 
 
@@ -69,6 +71,31 @@ def test_diffusion_recipe_trains_on_latents(diffusion):
     z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
     assert z.shape == (1, 3, 8, 8) and torch.isfinite(z).all()
     assert json.loads((out / "train_log.json").read_text())["steps"] == 2
+
+
+def test_diffusion_learns_encoded_mirror_images_not_flipped_latents(diffusion):
+    """The flip augmentation: each scene's mirror image is encoded. Flipping a latent instead gives one the
+    encoder never makes, since an encoder is not flip-equivariant (the tiny one here is not either)."""
+    model = infd_solve.load_model(diffusion / "infd")
+    latents = torch.load(diffusion / "latents.pt", weights_only=True)
+    scenes = torch.cat([scene_tensor(s, 16) for s in range(8)])
+    with torch.no_grad():
+        mirrored = model.encode(scenes.flip(-1))
+    assert latents.shape == (16, 3, 8, 8)
+    torch.testing.assert_close(latents[8:], mirrored, atol=1e-5, rtol=1e-4)
+    flipped_error = (latents[:8].flip(-1) - mirrored).pow(2).mean() / mirrored.var()
+    assert flipped_error > 1e-3
+
+
+def test_diffusion_from_a_complete_model_trains_a_new_denoiser(diffusion, tmp_path):
+    """Given a model that already has a denoiser, the recipe starts a new one, not a copy of the old."""
+    out = tmp_path / "again"
+    load_recipe("train_diffusion").main(["--autoencoder", str(diffusion / "infd"), "--out", str(out), "--seed", "1",
+                                         "--steps", "1"] + TINY_DM[:2] + TINY_DM[4:])
+    old = infd_solve.load_model(diffusion / "infd").unet.state_dict()
+    new = infd_solve.load_model(out / "infd").unet.state_dict()
+    weights = [k for k, v in new.items() if v.dim() == 4]
+    assert min(float((new[k] - old[k]).abs().max()) for k in weights) > 1e-2
 
 
 def test_decoder_fine_tune_keeps_latents_and_denoiser(diffusion, tmp_path):
