@@ -46,8 +46,8 @@ def load_lpips(net: str = "vgg", device=None) -> nn.Module:
     import torchvision
 
     path = lpips_backbone_path(net)
+    state = load_torch_file(path, f"LPIPS {net} backbone")  # a bad file is refused before building the net
     features = (torchvision.models.vgg16() if net == "vgg" else torchvision.models.alexnet()).features
-    state = load_torch_file(path, f"LPIPS {net} backbone")
     try:
         # lpips uses the convolutional features only; the classifier weights may be absent
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
