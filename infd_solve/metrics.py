@@ -31,13 +31,26 @@ def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples), as in FID."""
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples), as in FID.
+
+    With no more samples than features the covariances are singular, and an eigendecomposition of them may
+    not converge; then ``tr sqrt(A B)`` is taken exactly from the centred samples instead: it is the sum of the
+    singular values of ``Xa Xb^T / sqrt((na - 1)(nb - 1))`` (``A B`` and ``M M^T`` share their nonzero
+    eigenvalues).
+    """
     a, b = features_a.double(), features_b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    root_a = _sqrtm_psd(cov_a)
-    cross = _sqrtm_psd(root_a @ cov_b @ root_a)  # tr sqrt(A B) = tr sqrt(A^1/2 B A^1/2), symmetric PSD
-    return float((mu_a - mu_b).square().sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * torch.trace(cross))
+    if a.dim() != 2 or b.dim() != 2 or min(len(a), len(b)) < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance needs two N x D feature sets with N >= 2 and the same D, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    xa, xb = a - a.mean(0), b - b.mean(0)
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    if min(len(a), len(b)) <= a.shape[1]:
+        cross = torch.linalg.svdvals(xa @ xb.T).sum() / (scale_a * scale_b) ** 0.5
+    else:
+        root_a = _sqrtm_psd(xa.T @ xa / scale_a)
+        cross = torch.trace(_sqrtm_psd(root_a @ (xb.T @ xb / scale_b) @ root_a))  # tr sqrt(A^1/2 B A^1/2)
+    mean_term = (a.mean(0) - b.mean(0)).square().sum()
+    return float(mean_term + xa.square().sum() / scale_a + xb.square().sum() / scale_b - 2 * cross)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5,

@@ -225,9 +225,13 @@ def evaluate(args, jobs, records: dict, device) -> tuple[list[dict], dict]:
                     values["lpips"].append(float(lpips(image.to(device), truth.to(device)).flatten()[0]))
             if not outputs:
                 continue
+            crops = features(outputs)
+            enough = min(len(crops), len(real)) >= 2  # a Gaussian needs two samples
+            if not enough:
+                notes["patch FD"] = "patch FD not measured: fewer than 2 crops of 64x64 (more --scenes or a larger --size)"
             rows.append({"task": task, "method": row, "images": len(outputs),
                          **{k: float(np.mean(v)) if v else None for k, v in values.items()},
-                         "patch FD": frechet_distance(features(outputs), real)})
+                         "patch FD": frechet_distance(crops, real) if enough else None})
     return rows, notes
 
 
@@ -309,8 +313,8 @@ def run(args, processes) -> list[dict] | None:
     meta = (f"{args.scenes} {source} at {args.size}x{args.size} per task; noise sigma {args.noise}; {args.steps} "
             f"steps, refinement {args.refine_steps if args.refine_steps is not None else 'default (100)'} steps; "
             f"model {args.model}; device {model.device}, {processes.world_size} process(es) x {args.threads} "
-            f"thread(s); {notes['lpips']}; wall time {wall:.0f} s (this run; finished jobs of earlier runs are "
-            "reused)")
+            f"thread(s); {'; '.join(notes.values())}; wall time {wall:.0f} s (this run; finished jobs of earlier "
+            "runs are reused)")
     markdown, csv_text = table_text(table, notes)
     with atomic_path(args.out / "table.md") as tmp:
         tmp.write_text(meta + "\n\n" + markdown)
