@@ -301,7 +301,8 @@ def _tile_window(renderer: CLIFRenderer, phi: torch.Tensor, size: tuple[int, int
     def window(r0, r1, c0, c1, stage):
         rows, cols, centre = _window((r0, r1, c0, c1), margin, limits)
         coord, cell = pixel_grid(box, size, rows, cols, phi.device, phi.dtype)
-        return renderer.net(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)[(..., *centre)]
+        pixels = renderer.draw(renderer.query(phi, coord, cell), norm_fn(stage, centre) if norms else None)
+        return pixels[(..., *centre)]
 
     return window, norms
 

@@ -81,7 +81,7 @@ def guidance_bytes(model: INFDModel, constraints: Sequence[Constraint]) -> int:
     the backward pass. Meant to refuse impossible requests early, not to plan memory to the byte."""
     renderer = model.config.renderer
     c, h, w = model.config.z_shape
-    field = model.config.decoder.block_out_channels[0] * (h * model.config.decoder.downsampling) * \
+    field = model.config.decoder.field_channels * (h * model.config.decoder.downsampling) * \
         (w * model.config.decoder.downsampling)
     layers = 4 * (renderer.num_res_blocks + 1)  # maps the backward pass keeps per conv layer, generously
     halo = 2 * getattr(model.renderer, "receptive_radius", 0)

@@ -9,6 +9,14 @@ with the adaptive weight of eq. 2 (GAN from ``--gan-start`` on).
     python recipes/train_autoencoder.py --out runs/ae --resume        # continue after an interruption
     python recipes/train_autoencoder.py --images my_photos/ --out runs/ae_photos
     python recipes/train_autoencoder.py --mixed --balanced ...        # FFHQ-6K-Mix style data (§5.3)
+    python recipes/train_autoencoder.py --patch-code 32 --input-size 128 --latent 16 --out runs/pc
+
+``--patch-code K``: the encoder is a fixed linear code instead of a learned one (``infd_solve.models.patch_code``):
+the top K principal components of P x P pixel patches, P = input size / latent, whitened, fitted before training
+on the encoder inputs of the first 32 batches. The decoder adds ``--ch`` learned feature channels to the code's
+linear decode, and the renderer draws that image (sampled with ``--feature-sampling``, default bicubic here) plus
+what it learns, from zero: the untrained model reconstructs exactly like the linear code. No quantizer. An
+``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is given.
 
 Writes ``OUT/infd`` (an autoencoder-only model, loadable with ``infd_solve.load_model``), ``OUT/state.pt``
 (resume point, written atomically every ``--save-every`` steps), ``OUT/losses.png`` and ``OUT/train_log.json``.
@@ -31,21 +39,64 @@ from tqdm.auto import tqdm
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
+from infd_solve.models.patch_code import KIND as PATCH_CODE, fit_patch_code, set_patch_code
 from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING, PADDING
 from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, adapt_renderer_input,
                                  adaptive_gan_weight, load_train_state, save_train_state, write_train_log)
 from infd_solve.viz import plot_training
 
-def default_config(args) -> INFDConfig:
+def default_config(args, init=None) -> INFDConfig:
+    """The model the flags describe. A patch-code ``init`` lends its autoencoder (code and sizes) unchanged."""
+    renderer = {"hidden_channels": args.hidden, "normalize": False, "feature_sampling": args.feature_sampling,
+                "coord_encoding": args.coord_encoding, "padding": args.padding}
+    if init is not None and init.config.encoder.kind == PATCH_CODE:
+        c = init.config
+        return INFDConfig(z_shape=c.z_shape, encoder=c.encoder, decoder=c.decoder, n_embed=None, unet=None,
+                          renderer={**renderer, "feature_channels": c.decoder.field_channels, "rgb_skip": True})
+    if args.patch_code:
+        code = {"kind": PATCH_CODE, "patch": args.input_size // args.latent, "z_channels": args.patch_code,
+                "ch": args.ch, "num_res_blocks": args.res_blocks, "resolution": args.input_size}
+        return INFDConfig(z_shape=(args.patch_code, args.latent, args.latent), encoder=code, decoder=code,
+                          n_embed=None, unet=None, renderer={**renderer, "feature_channels": 3 + args.ch,
+                                                             "rgb_skip": True})
     levels = [1] + [2] * (int(math.log2(args.input_size // args.latent)))
     stack = {"ch": args.ch, "ch_mult": levels, "num_res_blocks": args.res_blocks, "resolution": args.input_size,
              "z_channels": 3}
     return INFDConfig(
         z_shape=(3, args.latent, args.latent), encoder=stack, decoder=stack, n_embed=args.n_embed or None,
-        renderer={"feature_channels": args.ch, "hidden_channels": args.hidden, "normalize": False,
-                  "feature_sampling": args.feature_sampling, "coord_encoding": args.coord_encoding,
-                  "padding": args.padding}, unet=None,
+        renderer={**renderer, "feature_channels": args.ch}, unet=None,
     )
+
+
+def check_patch_code(args, init) -> None:
+    """Refuse flags that do not fit a patch code (new or the init's), saying which."""
+    if args.patch_code is not None and args.patch_code < 1:
+        raise SystemExit(f"--patch-code must be a positive number of components, got {args.patch_code}")
+    if args.patch_code and args.input_size % args.latent:
+        raise SystemExit(f"--patch-code: --input-size {args.input_size} is not a multiple of --latent {args.latent} "
+                         "(the patch size)")
+    init_code = init.config.encoder if init is not None and init.config.encoder.kind == PATCH_CODE else None
+    if args.patch_code and init is not None and init_code is None:
+        raise SystemExit(f"--patch-code: --init {args.init} is a {init.config.encoder.kind} autoencoder, not a "
+                         "patch code; leave out --init to fit a new code")
+    if args.patch_code and init_code is not None and args.patch_code != init_code.z_channels:
+        raise SystemExit(f"--patch-code {args.patch_code}: --init {args.init} is a patch code of "
+                         f"{init_code.z_channels} components")
+    if init_code is not None and init.config.input_size != (args.input_size, args.input_size):
+        raise SystemExit(f"--init {args.init} is a patch code for {init.config.input_size[0]}-px input: pass "
+                         f"--input-size {init.config.input_size[0]} --latent {init.config.z_shape[1]}")
+    if (args.patch_code or init_code is not None) and args.n_embed:
+        raise SystemExit(f"--n-embed {args.n_embed}: a patch code has no quantizer (leave out --n-embed)")
+
+
+def fit_code(model, loader, batches: int = 32) -> None:
+    """Fit a new patch code on the encoder inputs of the next ``batches`` training batches, and zero the
+    renderer's last conv: the untrained model then renders exactly the code's linear decode (rgb_skip)."""
+    images = torch.cat([next(loader)[0] for _ in range(batches)])
+    set_patch_code(model, fit_patch_code(images, model.config.encoder.patch, model.config.encoder.z_channels))
+    with torch.no_grad():
+        model.renderer.conv_out.weight.zero_()
+        model.renderer.conv_out.bias.zero_()
 
 
 def parse_args(argv=None):
@@ -59,9 +110,15 @@ def parse_args(argv=None):
     p.add_argument("--ch", type=int, default=32)
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32, help="renderer hidden channels")
-    p.add_argument("--n-embed", type=int, default=512, help="codebook size; 0: no quantizer (continuous latents)")
-    p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING), default="nearest",
-                   help="renderer feature lookup (nearest: official CLIF)")
+    p.add_argument("--n-embed", type=int,
+                   help="codebook size (default 512); 0: no quantizer (continuous latents). A patch code has none")
+    p.add_argument("--patch-code", type=int, metavar="K",
+                   help="the encoder is a fixed linear code: the top K principal components of P x P pixel patches "
+                        "(P = input size / latent), fitted on the first 32 batches; the renderer draws its "
+                        "linear decode plus what it learns (see above)")
+    p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING),
+                   help="renderer feature lookup (nearest: official CLIF, the default; bicubic for a patch code "
+                        "without --init; with a patch-code --init: the init's)")
     p.add_argument("--coord-encoding", choices=list(COORD_CHANNELS),
                    help="renderer input for the position within a cell (relative: official CLIF, the default "
                         "without --init; periodic: sin/cos, continuous across cell borders; none: left out). "
@@ -102,11 +159,19 @@ def main(argv=None):
     state_path = out / "state.pt"
 
     init = infd_solve.load_model(args.init) if args.init else None
+    check_patch_code(args, init)
+    patch_code = bool(args.patch_code) or (init is not None and init.config.encoder.kind == PATCH_CODE)
+    if args.n_embed is None:
+        args.n_embed = 0 if patch_code else 512
     if args.coord_encoding is None:
         args.coord_encoding = init.config.renderer.coord_encoding if init else "relative"
     if args.padding is None:
         args.padding = init.config.renderer.padding if init else "zeros"
-    config = default_config(args)
+    if args.feature_sampling is None:
+        # a patch code's render is its image sampled this way: bicubic, the linear yardstick's upsampling
+        args.feature_sampling = (init.config.renderer.feature_sampling if init else "bicubic") if patch_code \
+            else "nearest"
+    config = default_config(args, init)
     if args.init:
         if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it
             config = dataclasses.replace(config, unet=init.config.unet, scheduler=init.config.scheduler,
@@ -146,6 +211,8 @@ def main(argv=None):
         source = LandscapeSource(args.input_size, args.patch, args.max_res, args.mixed, args.balanced, seed=args.seed)
     loader = iter(torch.utils.data.DataLoader(Batches(source, args.batch_size, [args.seed, step]), batch_size=None,
                                               num_workers=args.workers, persistent_workers=args.workers > 0))
+    if model.config.encoder.kind == PATCH_CODE and init is None and state is None:  # else the code is loaded
+        fit_code(model, loader)
 
     def save_state():
         save_train_state(state_path, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),

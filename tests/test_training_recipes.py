@@ -1,6 +1,7 @@
 """One short run of each training recipe on tiny settings: it trains, resumes and writes a loadable model."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -130,3 +131,75 @@ def test_padding_changes_with_no_training(diffusion, tmp_path):
         field = after.decode(after.encode(torch.zeros(1, 3, 16, 16)))
         edge = (after.render(field, 24) - before.render(field, 24)).abs()
     assert edge[..., 8:-8, 8:-8].max() < 1e-5 and edge.max() > 1e-3  # only the canvas edge changes
+
+
+TINY_PC = TINY_AE[:TINY_AE.index("--n-embed")] + TINY_AE[TINY_AE.index("--patch"):] + ["--patch-code", "12"]
+
+
+@pytest.fixture(scope="module")
+def patch_code(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pc")
+    load_recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + TINY_PC)
+    return out
+
+
+def code_buffers(model):
+    return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("encoder", "decoder")
+            and k.endswith(("mean", "basis", "scale"))}
+
+
+def test_patch_code_recipe_starts_at_its_code_whitened_on_its_training_inputs(patch_code, tmp_path):
+    """--patch-code 12 on 16-px inputs and an 8 x 8 latent: every component of 2 x 2 patches. Before training
+    the renderer adds nothing (conv_out zero), so a render at the input size is the image itself; training
+    leaves the code alone; a resumed run keeps it; the code is white on the inputs it was fitted on (the first
+    32 batches)."""
+    from infd_solve.training import Batches, LandscapeSource
+
+    recipe = load_recipe("train_autoencoder")
+    recipe.main(["--out", str(tmp_path / "start"), "--steps", "0"] + TINY_PC)
+    start, trained = infd_solve.load_model(tmp_path / "start" / "infd"), infd_solve.load_model(patch_code / "infd")
+    assert start.config.encoder.kind == "patch_code" and start.config.renderer.rgb_skip and start.quantizer is None
+    out = start.renderer.conv_out
+    assert not out.weight.any() and not out.bias.any()
+    assert 0 < trained.renderer.conv_out.weight.abs().max() < 3 * 4e-4  # two Adam steps of --lr from zero
+    scenes = torch.cat([scene_tensor(s, 16) for s in range(100, 104)])
+    with torch.no_grad():
+        torch.testing.assert_close(start.render(start.decode(start.encode(scenes)), 16), scenes, atol=1e-4, rtol=0)
+    code = code_buffers(start)
+    assert len(code) == 6 and all(torch.equal(v, code[k]) for k, v in code_buffers(trained).items())
+    batches = iter(Batches(LandscapeSource(16, 8, 64, seed=0), 2, [0, 0]))
+    inputs = torch.cat([next(batches)[0] for _ in range(32)])
+    with torch.no_grad():
+        z = trained.encode(inputs)
+    assert z.shape == (64, 12, 8, 8)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(12), atol=1e-3, rtol=0)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(patch_code, resumed)
+    recipe.main(["--out", str(resumed), "--steps", "3", "--resume"] + TINY_PC)
+    assert all(torch.equal(v, code[k]) for k, v in code_buffers(infd_solve.load_model(resumed / "infd")).items())
+
+
+def test_diffusion_recipe_on_a_patch_code(patch_code, tmp_path):
+    out = tmp_path / "dm"
+    load_recipe("train_diffusion").main(["--autoencoder", str(patch_code / "infd"), "--out", str(out)] + TINY_DM)
+    ae, model = infd_solve.load_model(patch_code / "infd"), infd_solve.load_model(out / "infd")
+    assert model.config.encoder.kind == "patch_code" and model.unet is not None
+    latents = torch.load(out / "latents.pt", weights_only=True)
+    with torch.no_grad():  # the diffusion data are the fitted code's latents
+        torch.testing.assert_close(latents[:8], ae.encode(torch.cat([scene_tensor(s, 16) for s in range(8)])),
+                                   atol=1e-5, rtol=1e-4)
+    z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
+    assert z.shape == (1, 12, 8, 8) and torch.isfinite(z).all()
+    with torch.no_grad():
+        assert torch.isfinite(model.render(model.decode(z), 24)).all()
+
+
+def test_an_init_that_is_a_patch_code_stays_one(patch_code, tmp_path):
+    """No --patch-code needed: the init's code, renderer and sampling come through as they are (not refitted, not
+    zeroed)."""
+    out = tmp_path / "again"
+    load_recipe("train_autoencoder").main(["--out", str(out), "--init", str(patch_code / "infd"), "--freeze-encoder",
+                                           "--steps", "0"] + TINY_PC[:-2])
+    before, after = infd_solve.load_model(patch_code / "infd"), infd_solve.load_model(out / "infd")
+    assert after.config.to_dict() == before.config.to_dict()
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in after.state_dict().items())

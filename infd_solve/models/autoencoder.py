@@ -8,6 +8,7 @@ the residual stream *before* the usual output norm/conv ("give_pre_end"), e.g. 1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.utils.checkpoint
@@ -20,6 +21,8 @@ from torch import nn
 class ConvStackConfig:
     """Options shared by the encoder and the decoder (names follow the official ``encoder_vqf4`` args)."""
 
+    # Not a field: conv-stack configs are saved without a kind, as they always were (a patch code says its kind).
+    kind: ClassVar[str] = "conv_stack"
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 2
@@ -48,6 +51,11 @@ class ConvStackConfig:
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def field_channels(self) -> int:
+        """Channels of the decoder's field (what the renderer reads)."""
+        return self.block_out_channels[0]
 
     def has_attention(self, level: int, decoder: bool = False) -> bool:
         """Whether ``level`` (0 = finest) has attention after each resnet.

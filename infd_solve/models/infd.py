@@ -15,6 +15,7 @@ from torch import nn
 from .. import rendering
 from ..io import atomic_directory
 from .autoencoder import ConvStackConfig, FieldDecoder, FieldEncoder, Quantizer
+from .patch_code import KIND as PATCH_CODE, PatchCodeConfig, PatchDecoder, PatchEncoder
 from .renderer import CLIFRenderer, RendererConfig
 
 FORMAT_NAME = "infd-solve"
@@ -22,14 +23,35 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
+AutoencoderConfig = ConvStackConfig | PatchCodeConfig
+
+
+def autoencoder_config(value: dict, name: str) -> AutoencoderConfig:
+    """An encoder or decoder config from its dict: ``"kind": "patch_code"`` is a patch code; no kind (every
+    conv-stack config ever saved) is a conv stack."""
+    value = dict(value)
+    kind = value.pop("kind", ConvStackConfig.kind)
+    if kind == PATCH_CODE:
+        return PatchCodeConfig(**value)
+    if kind != ConvStackConfig.kind:
+        raise ValueError(f"{name}.kind must be {PATCH_CODE!r} or absent (a conv stack), got {kind!r}")
+    return ConvStackConfig(**value)
+
+
+def _autoencoder(config: INFDConfig) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder modules of ``config``'s kind."""
+    if config.encoder.kind == PATCH_CODE:
+        return PatchEncoder(config.encoder), PatchDecoder(config.decoder)
+    return FieldEncoder(config.encoder), FieldDecoder(config.decoder)
+
 
 @dataclass
 class INFDConfig:
     """Everything needed to build an :class:`INFDModel` (no behaviour hidden in registries)."""
 
     z_shape: tuple[int, int, int] = (3, 64, 64)
-    encoder: ConvStackConfig = field(default_factory=ConvStackConfig)
-    decoder: ConvStackConfig = field(default_factory=ConvStackConfig)
+    encoder: AutoencoderConfig = field(default_factory=ConvStackConfig)  # or a dict (autoencoder_config)
+    decoder: AutoencoderConfig = field(default_factory=ConvStackConfig)
     n_embed: int | None = 8192  # codebook size; None: no quantizer
     renderer: RendererConfig = field(default_factory=RendererConfig)
     unet: dict | None = None  # diffusers UNet2DModel config; None: autoencoder only
@@ -52,15 +74,21 @@ class INFDConfig:
         self.latent_scale = checks.number(self.latent_scale, "latent_scale", strict=True)
         for name in ("encoder", "decoder"):
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, ConvStackConfig(**getattr(self, name)))
+                setattr(self, name, autoencoder_config(getattr(self, name), name))
         if isinstance(self.renderer, dict):
             self.renderer = RendererConfig(**self.renderer)
+        if self.encoder.kind != self.decoder.kind:
+            raise ValueError(f"encoder and decoder must be of one kind, got {self.encoder.kind!r} and "
+                             f"{self.decoder.kind!r}")
+        if self.encoder.kind == PATCH_CODE and self.encoder.patch != self.decoder.patch:
+            # both hold the same code
+            raise ValueError(f"encoder.patch={self.encoder.patch} and decoder.patch={self.decoder.patch} differ")
         if self.encoder.z_channels != self.z_shape[0] or self.decoder.z_channels != self.z_shape[0]:
             raise ValueError(f"z_shape {self.z_shape} does not match the autoencoder's z_channels")
-        if self.renderer.feature_channels != self.decoder.block_out_channels[0]:
+        if self.renderer.feature_channels != self.decoder.field_channels:
             raise ValueError(
                 f"renderer.feature_channels={self.renderer.feature_channels} but the decoder's field has "
-                f"{self.decoder.block_out_channels[0]} channels"
+                f"{self.decoder.field_channels} channels"
             )
 
     @property
@@ -113,9 +141,11 @@ class INFDModel(nn.Module):
     def __init__(self, config: INFDConfig):
         super().__init__()
         self.config = config
-        self.encoder = FieldEncoder(config.encoder)
+        encoder, decoder = _autoencoder(config)
+        # registered in this order, as always: optimizer states saved by older runs list parameters so
+        self.encoder = encoder
         self.quantizer = Quantizer(config.n_embed, config.z_shape[0]) if config.n_embed else None
-        self.decoder = FieldDecoder(config.decoder)
+        self.decoder = decoder
         self.renderer = CLIFRenderer(config.renderer)
         self.unet = UNet2DModel(**config.unet) if config.unet is not None else None
         self.scheduler = DDPMScheduler(**config.scheduler)
@@ -135,7 +165,7 @@ class INFDModel(nn.Module):
 
     def decode(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Latents -> feature field ``phi`` (quantized first, as the official ``decode_z``). ``checkpoint``:
-        gradient checkpointing of the decoder's blocks (see :class:`FieldDecoder`)."""
+        gradient checkpointing of the decoder's blocks (see :class:`FieldDecoder`, :class:`PatchDecoder`)."""
         _check_channels("z", z, self.config.z_shape[0])
         _check_finite("z", z)
         return self.decode_unchecked(z, checkpoint)

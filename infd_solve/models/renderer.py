@@ -77,6 +77,11 @@ class RendererConfig:
     # irrelevant (it is cropped away); at the canvas edge it is what the outermost pixels are drawn from.
     # "zeros" (official) draws a dark frame there; "reflect" continues the activations as a mirror image.
     padding: str = "zeros"
+    # Whether the net draws a correction to an image the field carries: the output adds the first 3 channels
+    # of the sampled feature (the field's first 3 channels sampled per ``feature_sampling``) to what the net
+    # draws. For fields whose first 3 channels are an image (the patch code's linear decode): with a zeroed
+    # ``conv_out`` the render is exactly that image, sampled (e.g. bicubically upsampled) at every pixel.
+    rgb_skip: bool = False
 
     def __post_init__(self):
         if self.feature_sampling not in FEATURE_SAMPLING:
@@ -89,6 +94,11 @@ class RendererConfig:
             raise ValueError(f"padding must be one of {', '.join(map(repr, PADDING))}, got {self.padding!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        if not isinstance(self.rgb_skip, bool):
+            raise ValueError(f"rgb_skip must be true or false, got {self.rgb_skip!r}")
+        if self.rgb_skip and self.feature_channels < 3:
+            raise ValueError(f"rgb_skip needs feature_channels >= 3 (an image in the first 3), got "
+                             f"{self.feature_channels}")
         if self.normalize and self.hidden_channels % 32:
             raise ValueError(
                 f"hidden_channels must be a multiple of 32 with normalize=True (got {self.hidden_channels})")
@@ -204,5 +214,11 @@ class CLIFRenderer(nn.Module):
             h = h + r
         return self.conv_out(F.silu(norm(2 * len(self.resnets), self.norm_out, h)))
 
+    def draw(self, query: torch.Tensor, norm_fn: NormFn | None = None) -> torch.Tensor:
+        """RGB of a ``query`` grid: the net's output plus, with ``rgb_skip``, the query's first 3 channels (the
+        field's image sampled at each pixel). Every way of rendering goes through here, so none forgets it."""
+        rgb = self.net(query, norm_fn)
+        return rgb + query[:, :3] if self.config.rgb_skip else rgb
+
     def forward(self, phi: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        return self.net(self.query(phi, coord, cell))
+        return self.draw(self.query(phi, coord, cell))

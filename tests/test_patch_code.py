@@ -1,0 +1,181 @@
+"""The patch-code autoencoder (infd_solve.models.patch_code): a fixed, whitened PCA code of pixel patches whose
+linear decode the renderer draws through ``rgb_skip``; measured against the linear yardstick of
+recipes/eval_latent_capacity.py, which computes the same code on its own."""
+
+import json
+
+import pytest
+import torch
+
+import infd_solve
+from infd_solve import INFDConfig, INFDModel
+from infd_solve.data import scene_tensor
+from infd_solve.metrics import psnr
+from infd_solve.models.autoencoder import ConvStackConfig
+from infd_solve.models.patch_code import PatchCodeConfig, fit_patch_code, set_patch_code
+from infd_solve.models.renderer import RendererConfig
+
+from .helpers import load_recipe, tiny_model
+
+SIZE, PATCH = 16, 4  # 16-px input in 4 x 4 patches: a K x 4 x 4 latent, K at most 3 * 4 * 4 = 48
+
+
+def patch_code_config(channels: int, patch: int = PATCH, size: int = SIZE) -> INFDConfig:
+    code = {"kind": "patch_code", "patch": patch, "z_channels": channels, "ch": 32, "resolution": size}
+    return INFDConfig(z_shape=(channels, size // patch, size // patch), encoder=code, decoder=code, n_embed=None,
+                      renderer={"feature_channels": 35, "hidden_channels": 32, "normalize": False,
+                                "feature_sampling": "bicubic", "coord_encoding": "none", "rgb_skip": True})
+
+
+def fitted_model(train: torch.Tensor, channels: int, zero_out: bool = True, seed: int = 0) -> INFDModel:
+    torch.manual_seed(seed)
+    model = INFDModel(patch_code_config(channels)).eval()
+    set_patch_code(model, fit_patch_code(train, PATCH, channels))
+    if zero_out:  # as train_autoencoder starts: the renderer adds nothing to the code's image
+        with torch.no_grad():
+            model.renderer.conv_out.weight.zero_()
+            model.renderer.conv_out.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    train = torch.cat([scene_tensor(i, SIZE) for i in range(12)])
+    seeds = [500 + i for i in range(4)]
+    test = torch.cat([scene_tensor(s, SIZE) for s in seeds])
+    return train, test, torch.cat([scene_tensor(s, 256) for s in seeds])
+
+
+@pytest.mark.parametrize("channels", [8, 48])
+def test_untrained_model_renders_the_linear_code_of_the_yardstick(scenes, channels, one_thread):
+    """At the input size the render is the code's reconstruction, at 256 its bicubic upsampling: the same PSNR
+    as eval_latent_capacity's own PCA; with all 3 P^2 components the code loses nothing."""
+    train, test, test_256 = scenes
+    at_input, at_256 = load_recipe("eval_latent_capacity").linear_code_scores(train, test, test_256, PATCH,
+                                                                              [channels])[channels]
+    model = fitted_model(train, channels)
+    with torch.no_grad():
+        phi = model.decode(model.encode(test))
+        ours = float(psnr(model.render(phi, SIZE).clamp(-1, 1), test).mean())
+        ours_256 = float(psnr(model.render(phi, 256).clamp(-1, 1), test_256).mean())
+    assert abs(ours_256 - at_256) < 0.01
+    if channels == 3 * PATCH * PATCH:  # lossless (the yardstick's float64 code is exact: inf dB)
+        assert ours > 80 and at_input > 80
+    else:
+        assert abs(ours - at_input) < 0.01 and ours < 60  # a real, lossy code
+
+
+def test_codes_are_whitened(scenes, one_thread):
+    train, _, _ = scenes
+    model = fitted_model(train, 8)
+    with torch.no_grad():
+        z = model.encode(train)
+    assert z.shape == (12, 8, SIZE // PATCH, SIZE // PATCH)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(8), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-3, rtol=0)
+
+
+def test_a_box_renders_as_the_crop_of_the_canvas_with_rgb_skip(scenes, one_thread):
+    """rgb_skip on, a renderer that draws something (conv_out not zero): a box alone, and the canvas in tiles
+    (rendering.py's own path to the renderer), equal the same pixels of one render of the whole canvas."""
+    train, test, _ = scenes
+    model = fitted_model(train, 8, zero_out=False)
+    with torch.no_grad():
+        phi = model.decode(model.encode(test[:2]))
+        full = model.render(phi, 40)
+        box = model.render(phi, (20, 10), box=(0.25, 0.5, 0.5, 1.0))  # rows 20:40, columns 10:20
+        tiled = model.render_image(phi, 40, tile=16)
+        drawn = (full - torch.nn.functional.interpolate(model.decoder.linear_decode(model.encode(test[:2])),
+                                                          size=40, mode="bicubic", align_corners=False)).abs()
+    assert drawn.mean() > 1e-3  # the net's part is not nothing
+    torch.testing.assert_close(box, full[:, :, 20:40, 10:20], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiled, full, atol=1e-5, rtol=1e-5)
+
+
+def test_save_and_load_keep_the_kind_and_the_renders(scenes, tmp_path, one_thread):
+    train, test, _ = scenes
+    model = fitted_model(train, 8, zero_out=False)
+    model.save(tmp_path / "pc")
+    saved = json.loads((tmp_path / "pc" / "config.json").read_text())
+    assert saved["encoder"]["kind"] == saved["decoder"]["kind"] == "patch_code"
+    loaded = infd_solve.load_model(tmp_path / "pc")
+    assert isinstance(loaded.config.encoder, PatchCodeConfig) and loaded.config.renderer.rgb_skip
+    with torch.no_grad():
+        before = model.render(model.decode(model.encode(test)), 24)
+        after = loaded.render(loaded.decode(loaded.encode(test)), 24)
+    assert torch.equal(before, after)
+
+
+def test_conv_stack_configs_still_load_and_save_without_a_kind(tmp_path):
+    shipped = json.loads((infd_solve.pretrained.model_dir("default") / "config.json").read_text())
+    assert "kind" not in shipped["encoder"]
+    model = infd_solve.load_model("default")
+    assert isinstance(model.config.encoder, ConvStackConfig) and not model.config.renderer.rgb_skip
+    assert model.config.decoder.field_channels == model.config.renderer.feature_channels == 32
+    saved = json.loads((model.save(tmp_path / "again") / "config.json").read_text())
+    assert saved["encoder"] == shipped["encoder"] and saved["decoder"] == shipped["decoder"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"z_channels": 49}, "z_channels"),  # more components than a 4 x 4 patch has numbers
+    ({"z_channels": 0}, "z_channels"),
+    ({"patch": 0}, "patch"),
+    ({"resolution": 18}, "resolution"),  # not a whole number of patches
+    ({"ch": 48}, "ch"),
+    ({"num_res_blocks": -1}, "num_res_blocks"),
+    ({"kind": "pca"}, "kind"),
+])
+def test_bad_patch_code_options_name_the_field(change, field):
+    with pytest.raises(ValueError, match=rf"^{field} "):
+        PatchCodeConfig(**({"patch": 4, "z_channels": 8, "resolution": 16} | change))
+
+
+def test_inconsistent_configs_are_refused():
+    good = patch_code_config(8).to_dict()
+    cases = [
+        ({**good, "encoder": {**good["encoder"], "kind": "vq"}}, "encoder.kind"),
+        ({**good, "decoder": {"ch": 32, "ch_mult": [1, 2, 2], "z_channels": 8}}, "one kind"),
+        ({**good, "decoder": {**good["decoder"], "patch": 2}}, "patch"),
+        ({**good, "renderer": {**good["renderer"], "feature_channels": 32}}, "feature_channels"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ValueError, match=message):
+            INFDConfig.from_dict(config)
+    with pytest.raises(ValueError, match="rgb_skip"):
+        RendererConfig(rgb_skip="yes")
+    with pytest.raises(ValueError, match="rgb_skip needs feature_channels"):
+        RendererConfig(feature_channels=2, rgb_skip=True, normalize=False)
+
+
+def test_bad_fits_and_codes_are_refused():
+    images = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="channels"):
+        fit_patch_code(images, 4, 49)
+    with pytest.raises(ValueError, match="not divisible by patch"):
+        fit_patch_code(images, 3, 4)
+    with pytest.raises(ValueError, match="4 patches cannot fit 8 components"):
+        fit_patch_code(images, 4, 8)
+    model = INFDModel(patch_code_config(8))
+    with pytest.raises(ValueError, match="code basis has shape"):
+        set_patch_code(model, fit_patch_code(torch.rand(2, 3, 16, 16), PATCH, 4))
+    with pytest.raises(ValueError, match="patch code"):
+        set_patch_code(tiny_model(with_unet=False), fit_patch_code(torch.rand(2, 3, 16, 16), PATCH, 4))
+
+
+def test_the_recipe_refuses_what_a_patch_code_cannot_be(tmp_path):
+    """Refused before any data is made: a quantizer, an init of another kind or size, a latent that is no patch
+    grid."""
+    conv = tiny_model(with_unet=False).save(tmp_path / "conv")
+    code = INFDModel(patch_code_config(8)).save(tmp_path / "code")  # 16-px input, latent 8 x 4 x 4
+    base = ["--out", str(tmp_path / "run"), "--threads", "1", "--workers", "0", "--input-size", "16", "--latent", "8",
+            "--steps", "0", "--batch-size", "1", "--max-res", "32", "--patch", "8"]  # quick if one is not refused
+    cases = [(["--patch-code", "12", "--n-embed", "16"], "--n-embed 16: a patch code has no quantizer"),
+             (["--patch-code", "12", "--init", str(conv)], "not a patch code"),
+             (["--patch-code", "12", "--latent", "6"], "not a multiple of --latent 6"),
+             (["--patch-code", "0"], "positive number of components"),
+             (["--patch-code", "12", "--init", str(code), "--latent", "4"], "is a patch code of 8 components"),
+             (["--init", str(code), "--input-size", "32"], "pass --input-size 16 --latent 4"),
+             (["--init", str(code), "--latent", "4", "--n-embed", "16"], "has no quantizer")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            load_recipe("train_autoencoder").main(base + flags)
