@@ -117,8 +117,8 @@ def parse_args(argv=None):
                         "(P = input size / latent), fitted on the first 32 batches; the renderer draws its "
                         "linear decode plus what it learns (see above)")
     p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING),
-                   help="renderer feature lookup (nearest: official CLIF, the default; bicubic for a patch code "
-                        "without --init; with a patch-code --init: the init's)")
+                   help="renderer feature lookup (nearest: official CLIF, the default without --init; bicubic "
+                        "for a new patch code). Default with --init: the init's")
     p.add_argument("--coord-encoding", choices=list(COORD_CHANNELS),
                    help="renderer input for the position within a cell (relative: official CLIF, the default "
                         "without --init; periodic: sin/cos, continuous across cell borders; none: left out). "
@@ -168,9 +168,9 @@ def main(argv=None):
     if args.padding is None:
         args.padding = init.config.renderer.padding if init else "zeros"
     if args.feature_sampling is None:
-        # a patch code's render is its image sampled this way: bicubic, the linear yardstick's upsampling
-        args.feature_sampling = (init.config.renderer.feature_sampling if init else "bicubic") if patch_code \
-            else "nearest"
+        # a new patch code's render is its image sampled this way: bicubic, the linear yardstick's upsampling
+        args.feature_sampling = init.config.renderer.feature_sampling if init else \
+            "bicubic" if patch_code else "nearest"
     config = default_config(args, init)
     if args.init:
         if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it

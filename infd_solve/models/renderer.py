@@ -104,7 +104,8 @@ class RendererConfig:
                 f"hidden_channels must be a multiple of 32 with normalize=True (got {self.hidden_channels})")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # rgb_skip only when on: configs written without it stay byte-identical, and older versions read them
+        return {k: v for k, v in asdict(self).items() if k != "rgb_skip" or v}
 
 
 def _norm(channels: int, normalize: bool) -> nn.Module:
