@@ -152,13 +152,12 @@ def encode_scenes(model, num_scenes: int, batch: int = 64, mirror: bool = False)
     """
     size = model.config.input_size
     latents, mirrored = [], []
-    with torch.no_grad():
-        for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
-            images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
-            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
-            latents.append(model.encode(x))
-            if mirror:
-                mirrored.append(model.encode(x.flip(-1)))
+    for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
+        images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+        latents.append(model.encode(x))
+        if mirror:
+            mirrored.append(model.encode(x.flip(-1)))
     return torch.cat(latents + mirrored)
 
 
