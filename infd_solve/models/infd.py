@@ -38,11 +38,11 @@ def autoencoder_config(value: dict, name: str) -> AutoencoderConfig:
     return ConvStackConfig(**value)
 
 
-def _autoencoder(config: INFDConfig) -> tuple[nn.Module, nn.Module]:
-    """The encoder and decoder modules of ``config``'s kind."""
+def _autoencoder_classes(config: INFDConfig) -> tuple[type[nn.Module], type[nn.Module]]:
+    """The encoder and decoder classes of ``config``'s kind."""
     if config.encoder.kind == PATCH_CODE:
-        return PatchEncoder(config.encoder), PatchDecoder(config.decoder)
-    return FieldEncoder(config.encoder), FieldDecoder(config.decoder)
+        return PatchEncoder, PatchDecoder
+    return FieldEncoder, FieldDecoder
 
 
 @dataclass
@@ -141,11 +141,12 @@ class INFDModel(nn.Module):
     def __init__(self, config: INFDConfig):
         super().__init__()
         self.config = config
-        encoder, decoder = _autoencoder(config)
-        # registered in this order, as always: optimizer states saved by older runs list parameters so
-        self.encoder = encoder
+        encoder, decoder = _autoencoder_classes(config)
+        # built in this order, as always: a seeded model gets the same weights as before, and optimizer states
+        # saved by older runs list the parameters in this order
+        self.encoder = encoder(config.encoder)
         self.quantizer = Quantizer(config.n_embed, config.z_shape[0]) if config.n_embed else None
-        self.decoder = decoder
+        self.decoder = decoder(config.decoder)
         self.renderer = CLIFRenderer(config.renderer)
         self.unet = UNet2DModel(**config.unet) if config.unet is not None else None
         self.scheduler = DDPMScheduler(**config.scheduler)
