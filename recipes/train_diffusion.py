@@ -80,9 +80,8 @@ def main(argv=None):
 
     # Each scene and its mirror image, both encoded: landscapes are left-right symmetric, but the encoder is not,
     # so flipping a latent would teach the denoiser latents the encoder never makes (they decode worse).
-    if latents_path.exists() and len(torch.load(latents_path, weights_only=True)) == 2 * args.num_scenes:
-        latents = torch.load(latents_path, weights_only=True)
-    else:
+    latents = torch.load(latents_path, weights_only=True) if latents_path.exists() else None
+    if latents is None or len(latents) != 2 * args.num_scenes:
         latents = encode_scenes(model, args.num_scenes, mirror=True)
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)

@@ -23,11 +23,16 @@ TINY_DM = ["--num-scenes", "8", "--steps", "2", "--batch-size", "4", "--model-ch
            "2", "--attention", "2", "--head-channels", "16", "--threads", "1"]
 
 
+def trained_autoencoder(tmp_path_factory, name: str, flags: list[str]):
+    """A 2-step run of the autoencoder recipe (the GAN on from step 1) in a new folder."""
+    out = tmp_path_factory.mktemp(name)
+    load_recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + flags)
+    return out
+
+
 @pytest.fixture(scope="module")
 def autoencoder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ae")
-    load_recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + TINY_AE)
-    return out
+    return trained_autoencoder(tmp_path_factory, "ae", TINY_AE)
 
 
 def test_autoencoder_recipe_writes_a_loadable_local_model(autoencoder):
@@ -138,9 +143,7 @@ TINY_PC = TINY_AE[:TINY_AE.index("--n-embed")] + TINY_AE[TINY_AE.index("--patch"
 
 @pytest.fixture(scope="module")
 def patch_code(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pc")
-    load_recipe("train_autoencoder").main(["--out", str(out), "--steps", "2", "--gan-start", "1"] + TINY_PC)
-    return out
+    return trained_autoencoder(tmp_path_factory, "pc", TINY_PC)
 
 
 def code_buffers(model):
