@@ -1,7 +1,8 @@
 """Train the latent diffusion denoiser of an INFD model on its encoder's latents.
 
-diffusers ``UNet2DModel`` + ``DDPMScheduler`` (epsilon prediction, linear betas 0.0015-0.0195 over 1000 steps,
-as the official INFD), AdamW, EMA of the weights (the EMA copy is what is saved and sampled, as officially).
+diffusers ``UNet2DModel`` + ``DDPMScheduler`` (epsilon prediction by default, or v with ``--prediction``; linear
+betas 0.0015-0.0195 over 1000 steps, as the official INFD), AdamW, EMA of the weights (the EMA copy is what is
+saved and sampled, as officially).
 Latents are the encoder's pre-quantization outputs, as in the official code.
 
     python recipes/train_diffusion.py --autoencoder runs/ae/infd --out runs/dm            # shipped defaults
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 import infd_solve
 from infd_solve import INFDModel
 from infd_solve.io import atomic_path
+from infd_solve.models.infd import PREDICTION_TYPES
 from infd_solve.models.official import unet_config_from_official
 from infd_solve.training import encode_scenes, load_train_state, save_train_state, write_train_log
 from infd_solve.viz import plot_training
@@ -44,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--res-blocks", type=int, default=1)
     p.add_argument("--attention", type=int, nargs="*", default=[2, 4], help="downsampling factors with attention")
     p.add_argument("--head-channels", type=int, default=32)
+    p.add_argument("--prediction", choices=PREDICTION_TYPES, default="epsilon",
+                   help="what the denoiser predicts: the noise (official) or v, which keeps its error small in x0 "
+                        "at high noise, where an eps error is amplified by 1/sqrt(alpha_bar)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -71,6 +76,8 @@ def main(argv=None):
         "attention_resolutions": args.attention, "num_head_channels": args.head_channels})
     config.scheduler = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0015,
                         "beta_end": 0.0195}
+    if args.prediction != "epsilon":  # the shipped config stays as it was
+        config.scheduler["prediction_type"] = args.prediction
     model = INFDModel(config)
     # everything but the new denoiser (a complete model's own denoiser is not a starting point: train from scratch)
     model.load_state_dict({k: v for k, v in ae.state_dict().items() if not k.startswith("unet.")}, strict=False)
@@ -112,7 +119,8 @@ def main(argv=None):
             z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng)]
             noise = torch.randn(z0.shape, generator=rng)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
-            loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, noise)
+            target = noise if args.prediction == "epsilon" else scheduler.get_velocity(z0, noise, t)
+            loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,7 +145,7 @@ def main(argv=None):
     model.unet.load_state_dict(ema.state_dict())
     model.eval()
     model.save(out / "infd")
-    plot_training(history, out / "losses.png", "latent diffusion (epsilon MSE)")
+    plot_training(history, out / "losses.png", f"latent diffusion ({args.prediction} MSE)")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
                     final_mse=float(np.mean(history["mse"][-200:])), latent_scale=config.latent_scale,
                     denoiser_parameters=sum(p.numel() for p in unet.parameters()))

@@ -97,3 +97,39 @@ def test_a_loaded_model_renders_without_a_graph_unless_its_input_asks():
     guided = model.render(model.decode(z), 16)
     (grad,) = torch.autograd.grad(guided.sum(), z)  # what a solve needs still works
     assert grad.abs().sum() > 0
+
+
+def test_v_prediction_denoiser_gives_the_noise_diffusers_infers():
+    """A v-predicting denoiser: ``denoise`` returns eps, and the x0 it implies is the one diffusers' own
+    scheduler infers from the raw v output (an independent implementation of the conversion)."""
+    from diffusers import DDPMScheduler
+
+    from infd_solve import INFDConfig, INFDModel
+
+    from .helpers import tiny_config
+
+    config = tiny_config()
+    config.scheduler = {**config.scheduler, "prediction_type": "v_prediction"}
+    torch.manual_seed(0)
+    model = INFDModel(INFDConfig.from_dict(config.to_dict())).eval()
+    reference = DDPMScheduler(**config.scheduler, clip_sample=False)
+    z_t = torch.randn(1, 3, 8, 8)
+    for t in (20, 500, 990):
+        with torch.no_grad():
+            eps, v = model.denoise(z_t, t), model.unet(z_t, torch.tensor([t])).sample
+        a = model.alphas_cumprod[t]
+        x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+        expected = reference.step(v, t, z_t).pred_original_sample
+        assert torch.allclose(x0, expected, atol=1e-4 / a.sqrt()), t
+        assert not torch.allclose(eps, v, atol=1e-2)  # the conversion did something
+
+
+def test_unknown_prediction_type_is_refused():
+    from infd_solve import INFDConfig
+
+    from .helpers import tiny_config
+
+    d = tiny_config().to_dict()
+    d["scheduler"]["prediction_type"] = "sample"
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        INFDConfig.from_dict(d)

@@ -74,6 +74,7 @@ def test_diffusion_recipe_trains_on_latents(diffusion):
     out = diffusion
     model = infd_solve.load_model(out / "infd")
     assert model.unet is not None and model.config.latent_scale > 0
+    assert "prediction_type" not in model.config.scheduler  # epsilon, written as the shipped config is
     z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
     assert z.shape == (1, 3, 8, 8) and torch.isfinite(z).all()
     assert json.loads((out / "train_log.json").read_text())["steps"] == 2
@@ -183,10 +184,13 @@ def test_patch_code_recipe_starts_at_its_code_whitened_on_its_training_inputs(pa
 
 
 def test_diffusion_recipe_on_a_patch_code(patch_code, tmp_path):
+    """With v prediction, which a whitened code needs (see the model card)."""
     out = tmp_path / "dm"
-    load_recipe("train_diffusion").main(["--autoencoder", str(patch_code / "infd"), "--out", str(out)] + TINY_DM)
+    load_recipe("train_diffusion").main(["--autoencoder", str(patch_code / "infd"), "--out", str(out),
+                                         "--prediction", "v_prediction"] + TINY_DM)
     ae, model = infd_solve.load_model(patch_code / "infd"), infd_solve.load_model(out / "infd")
     assert model.config.encoder.kind == "patch_code" and model.unet is not None
+    assert model.config.scheduler["prediction_type"] == "v_prediction"
     latents = torch.load(out / "latents.pt", weights_only=True)
     with torch.no_grad():  # the diffusion data are the fitted code's latents
         torch.testing.assert_close(latents[:8], ae.encode(torch.cat([scene_tensor(s, 16) for s in range(8)])),

@@ -22,6 +22,8 @@ FORMAT_NAME = "infd-solve"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# What a denoiser may predict (diffusers' names); INFDModel.denoise turns either into the noise.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 AutoencoderConfig = ConvStackConfig | PatchCodeConfig
 
@@ -77,6 +79,10 @@ class INFDConfig:
                 setattr(self, name, autoencoder_config(getattr(self, name), name))
         if isinstance(self.renderer, dict):
             self.renderer = RendererConfig(**self.renderer)
+        prediction = self.scheduler.get("prediction_type", "epsilon")
+        if prediction not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got "
+                             f"{checks.shown(prediction)}")
         if self.encoder.kind != self.decoder.kind:
             raise ValueError(f"encoder and decoder must be of one kind, got {self.encoder.kind!r} and "
                              f"{self.decoder.kind!r}")
@@ -217,13 +223,19 @@ class INFDModel(nn.Module):
         return self.scheduler.alphas_cumprod
 
     def denoise(self, z_t: torch.Tensor, t) -> torch.Tensor:
-        """Noise prediction ``eps`` for noisy (scaled) latents ``z_t`` at integer timestep(s) ``t``."""
+        """Noise prediction ``eps`` for noisy (scaled) latents ``z_t`` at integer timestep(s) ``t``, whatever the
+        denoiser predicts (the scheduler's ``prediction_type``): samplers and guidance see one quantity."""
         unet = self._require_unet()
         _check_channels("z_t", z_t, self.config.z_shape[0])
         t = torch.as_tensor(t, device=z_t.device)
         if t.dim() == 0:
             t = t.expand(z_t.shape[0])
-        return unet(z_t, t).sample
+        out = unet(z_t, t).sample
+        if self.scheduler.config.prediction_type == "v_prediction":
+            # v = sqrt(a) eps - sqrt(1 - a) x0 and z_t = sqrt(a) x0 + sqrt(1 - a) eps: eps = sqrt(a) v + sqrt(1-a) z_t
+            a = self.alphas_cumprod.to(z_t)[t].view(-1, *([1] * (z_t.dim() - 1)))
+            out = a.sqrt() * out + (1 - a).sqrt() * z_t
+        return out
 
     def sample(
         self,
