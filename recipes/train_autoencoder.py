@@ -12,11 +12,12 @@ with the adaptive weight of eq. 2 (GAN from ``--gan-start`` on).
     python recipes/train_autoencoder.py --patch-code 32 --input-size 128 --latent 16 --out runs/pc
 
 ``--patch-code K``: the encoder is a fixed linear code instead of a learned one (``infd_solve.models.patch_code``):
-the top K principal components of P x P pixel patches, P = input size / latent, whitened, fitted before training
-on the encoder inputs of the first 32 batches. The decoder adds ``--ch`` learned feature channels to the code's
-linear decode, and the renderer draws that image (sampled with ``--feature-sampling``, default bicubic here) plus
-what it learns, from zero: the untrained model reconstructs exactly like the linear code. No quantizer. An
-``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is given.
+the top K principal components of P x P pixel patches, P = input size / latent, whitened (``--whitening``),
+fitted before training on the encoder inputs of the first 32 batches. The decoder adds ``--ch`` learned feature
+channels to the code's linear decode, and the renderer draws that image (sampled with ``--feature-sampling``,
+default bicubic here) plus what it learns, from zero: the untrained model reconstructs exactly like the linear
+code. No quantizer. An ``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is
+given.
 
 Writes ``OUT/infd`` (an autoencoder-only model, loadable with ``infd_solve.load_model``), ``OUT/state.pt``
 (resume point, written atomically every ``--save-every`` steps), ``OUT/losses.png`` and ``OUT/train_log.json``.
@@ -85,15 +86,21 @@ def check_patch_code(args, init) -> None:
     if init_code is not None and init.config.input_size != (args.input_size, args.input_size):
         raise SystemExit(f"--init {args.init} is a patch code for {init.config.input_size[0]}-px input: pass "
                          f"--input-size {init.config.input_size[0]} --latent {init.config.z_shape[1]}")
+    if args.whitening is not None and (not args.patch_code or init_code is not None):
+        raise SystemExit(f"--whitening {args.whitening} shapes a new patch code: give --patch-code K without a "
+                         "patch-code --init (an init keeps its code)")
+    if args.whitening is not None and not 0 <= args.whitening <= 1:
+        raise SystemExit(f"--whitening must be between 0 and 1, got {args.whitening}")
     if (args.patch_code or init_code is not None) and args.n_embed:
         raise SystemExit(f"--n-embed {args.n_embed}: a patch code has no quantizer (leave out --n-embed)")
 
 
-def fit_code(model, loader, batches: int = 32) -> None:
+def fit_code(model, loader, whitening: float = 1.0, batches: int = 32) -> None:
     """Fit a new patch code on the encoder inputs of the next ``batches`` training batches, and zero the
     renderer's last conv: the untrained model then renders exactly the code's linear decode (rgb_skip)."""
     images = torch.cat([next(loader)[0] for _ in range(batches)])
-    set_patch_code(model, fit_patch_code(images, model.config.encoder.patch, model.config.encoder.z_channels))
+    config = model.config.encoder
+    set_patch_code(model, fit_patch_code(images, config.patch, config.z_channels, whitening))
     with torch.no_grad():
         model.renderer.conv_out.weight.zero_()
         model.renderer.conv_out.bias.zero_()
@@ -116,6 +123,9 @@ def parse_args(argv=None):
                    help="the encoder is a fixed linear code: the top K principal components of P x P pixel patches "
                         "(P = input size / latent), fitted on the first 32 batches; the renderer draws its "
                         "linear decode plus what it learns (see above)")
+    p.add_argument("--whitening", type=float, metavar="W",
+                   help="with a new --patch-code: divide each component by its standard deviation to the power W "
+                        "(default 1: whitened; 0: the data's spectrum)")
     p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING),
                    help="renderer feature lookup (nearest: official CLIF, the default without --init; bicubic "
                         "for a new patch code). Default with --init: the init's")
@@ -212,7 +222,7 @@ def main(argv=None):
     loader = iter(torch.utils.data.DataLoader(Batches(source, args.batch_size, [args.seed, step]), batch_size=None,
                                               num_workers=args.workers, persistent_workers=args.workers > 0))
     if model.config.encoder.kind == PATCH_CODE and init is None and state is None:  # else the code is loaded
-        fit_code(model, loader)
+        fit_code(model, loader, 1.0 if args.whitening is None else args.whitening)
 
     def save_state():
         save_train_state(state_path, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),

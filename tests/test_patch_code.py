@@ -75,6 +75,33 @@ def test_codes_are_whitened(scenes, one_thread):
     torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-3, rtol=0)
 
 
+def test_whitening_divides_by_a_power_of_each_components_spread(scenes, one_thread):
+    """whitening=0: an orthonormal projection (the code keeps the data's spectrum: its channel spreads are the
+    whitened code's scales, and its squared norm is the centred patch's); 0.5: the square roots of those spreads.
+    The linear decode is the same code either way."""
+    train, test, _ = scenes
+    whitened = fit_patch_code(train, PATCH, 8)
+    model = fitted_model(train, 8)
+    with torch.no_grad():
+        reference = model.decoder.linear_decode(model.encode(test))
+    for power in (0.0, 0.5):
+        set_patch_code(model, fit_patch_code(train, PATCH, 8, whitening=power))
+        with torch.no_grad():
+            z = model.encode(train)
+            same = model.decoder.linear_decode(model.encode(test))
+        torch.testing.assert_close(z.std(dim=(0, 2, 3)), whitened["scale"] ** (1 - power), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(same, reference, rtol=1e-4, atol=1e-5)
+    centred = torch.nn.functional.unfold(train, PATCH, stride=PATCH).transpose(1, 2) - whitened["mean"]
+    all_components = fit_patch_code(train, PATCH, 48, whitening=0.0)
+    model = INFDModel(patch_code_config(48)).eval()
+    set_patch_code(model, all_components)
+    with torch.no_grad():
+        energy = model.encode(train).pow(2).sum(1).flatten()
+    torch.testing.assert_close(energy, centred.pow(2).sum(-1).flatten(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="whitening"):
+        fit_patch_code(train, PATCH, 8, whitening=1.5)
+
+
 def test_a_box_renders_as_the_crop_of_the_canvas_with_rgb_skip(scenes, one_thread):
     """rgb_skip on, a renderer that draws something (conv_out not zero): a box alone, and the canvas in tiles
     (rendering.py's own path to the renderer), equal the same pixels of one render of the whole canvas."""
@@ -176,7 +203,10 @@ def test_the_recipe_refuses_what_a_patch_code_cannot_be(tmp_path):
              (["--patch-code", "0"], "positive number of components"),
              (["--patch-code", "12", "--init", str(code), "--latent", "4"], "is a patch code of 8 components"),
              (["--init", str(code), "--input-size", "32"], "pass --input-size 16 --latent 4"),
-             (["--init", str(code), "--latent", "4", "--n-embed", "16"], "has no quantizer")]
+             (["--init", str(code), "--latent", "4", "--n-embed", "16"], "has no quantizer"),
+             (["--whitening", "0.5"], "shapes a new patch code"),
+             (["--init", str(code), "--latent", "4", "--whitening", "0.5"], "shapes a new patch code"),
+             (["--patch-code", "12", "--whitening", "2"], "between 0 and 1")]
     for flags, message in cases:
         with pytest.raises(SystemExit, match=message):
             load_recipe("train_autoencoder").main(base + flags)

@@ -2,7 +2,8 @@
 
 The encoder has no parameters: each P x P patch of the image (3 P^2 numbers) is projected on the top K principal
 components of the training patches and divided by each component's standard deviation, so the latent is
-``K x H/P x W/P`` with unit variance per channel ("whitened": what a diffusion prior wants). Measured by
+``K x H/P x W/P`` with unit variance per channel ("whitened"; ``fit_patch_code(whitening=...)`` divides by a
+power of it instead). Measured by
 ``recipes/eval_latent_capacity.py``, such a code reconstructs far better than the learned encoders we could
 train (32 components of 8x8 patches of a 128-px image: 35.9 dB at 256 after bicubic upsampling).
 
@@ -149,15 +150,19 @@ class PatchDecoder(_LinearCode):
         return torch.cat([image, h], 1)
 
 
-def fit_patch_code(images: torch.Tensor, patch: int, channels: int) -> dict[str, torch.Tensor]:
+def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: float = 1.0
+                   ) -> dict[str, torch.Tensor]:
     """The top ``channels`` principal components of the ``patch`` x ``patch`` patches of ``images``
     (``N x 3 x H x W``, H and W multiples of ``patch``): ``{"mean", "basis", "scale"}`` in float32.
 
     An SVD of the centred patches in float64 (as ``recipes/eval_latent_capacity.py``); ``scale`` is each
-    component's standard deviation over the patches, singular value / sqrt(n - 1).
+    component's standard deviation over the patches (singular value / sqrt(n - 1)) to the power ``whitening``:
+    1 whitens (unit variance per channel), 0 keeps the data's spectrum (an orthonormal projection, in which a
+    latent error costs what it costs in pixels), values between compromise.
     """
     patch = checks.integer(patch, "patch", 1)
     channels = checks.integer(channels, "channels", 1, 3 * patch**2)
+    whitening = checks.number(whitening, "whitening", 0.0, 1.0)
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"images must be an N x 3 x H x W tensor, got {shape}")
@@ -170,7 +175,7 @@ def fit_patch_code(images: torch.Tensor, patch: int, channels: int) -> dict[str,
     mean = data.mean(0)
     _, singular, basis = torch.linalg.svd(data - mean, full_matrices=False)
     # A component the data never varies along (e.g. a flat training set) would divide the code by zero.
-    scale = (singular[:channels] / math.sqrt(n - 1)).clamp_min(1e-6)
+    scale = (singular[:channels] / math.sqrt(n - 1)).clamp_min(1e-6) ** whitening
     return {"mean": mean.float(), "basis": basis[:channels].float(), "scale": scale.float()}
 
 
