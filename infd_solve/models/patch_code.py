@@ -3,9 +3,9 @@
 The encoder has no parameters: each P x P patch of the image (3 P^2 numbers) is projected on the top K principal
 components of the training patches and divided by each component's standard deviation, so the latent is
 ``K x H/P x W/P`` with unit variance per channel ("whitened"; ``fit_patch_code(whitening=...)`` divides by a
-power of it instead). Measured by
-``recipes/eval_latent_capacity.py``, such a code reconstructs far better than the learned encoders we could
-train (32 components of 8x8 patches of a 128-px image: 35.9 dB at 256 after bicubic upsampling).
+power of it instead). Measured by ``recipes/eval_latent_capacity.py``, such a code reconstructs far better than
+the learned encoders we could train (32 components of 8x8 patches of a 128-px image: 35.9 dB at 256 after
+bicubic upsampling).
 
 The decoder inverts the code linearly (an image at the input size) and adds ``ch`` learned feature channels
 computed from that image; the field is ``[image, features]``. A renderer with ``rgb_skip`` then draws the
