@@ -210,3 +210,16 @@ def test_an_init_that_is_a_patch_code_stays_one(patch_code, tmp_path):
     before, after = infd_solve.load_model(patch_code / "infd"), infd_solve.load_model(out / "infd")
     assert after.config.to_dict() == before.config.to_dict()
     assert all(torch.equal(v, before.state_dict()[k]) for k, v in after.state_dict().items())
+
+
+def test_denoiser_evaluation_reads_x0_errors_by_noise_level(diffusion, tmp_path):
+    """recipes/eval_denoiser.py on the 2-step denoiser: one finite, positive ratio per timestep, written as
+    JSON; near t = 0 the noisy latent itself is close to x0, so the ratio is far below 1 whatever the denoiser."""
+    out = tmp_path / "denoiser.json"
+    table = load_recipe("eval_denoiser").main(["--model", str(diffusion / "infd"), "--scenes", "2",
+                                               "--timesteps", "0", "999", "--out", str(out)])
+    ratios = table["x0 error / channel-mean error"]
+    assert json.loads(out.read_text()) == table and set(ratios) == {"0", "999"}
+    assert 0 < ratios["0"] < 0.1 and 0 < ratios["999"] and table["prediction"] == "epsilon"
+    with pytest.raises(SystemExit, match="--timesteps must lie in"):
+        load_recipe("eval_denoiser").main(["--model", str(diffusion / "infd"), "--timesteps", "1000"])
