@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -94,7 +95,8 @@ class Batches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        seeds = list(self.seed) if isinstance(self.seed, (list, tuple)) else [self.seed]  # flat: numpy 2.x
+        rng = np.random.default_rng(seeds + [info.id if info else 0])
         while True:
             xs, gts, boxes = zip(*(self.source.example(rng) for _ in range(self.batch_size)))
             yield torch.stack(xs), torch.stack(gts), torch.stack(boxes)
@@ -142,22 +144,34 @@ def adapt_renderer_input(weight: torch.Tensor, features: int, old: str, new: str
     return torch.cat([feat, new_position, cell], 1)
 
 
+def _render_input(seed_and_size):
+    seed, size = seed_and_size
+    return render_scene(sample_scene(seed), size=size)[0]
+
+
 @torch.no_grad()
-def encode_scenes(model, num_scenes: int, batch: int = 64, mirror: bool = False) -> torch.Tensor:
-    """Latents of procedural scenes ``0 .. num_scenes - 1`` at the model's input size (diffusion training data).
+def encode_scenes(model, num_scenes: int, batch: int = 64, mirror: bool = False, workers: int = 1) -> torch.Tensor:
+    """Latents of procedural scenes ``0 .. num_scenes - 1`` at the model's input size (diffusion training data),
+    on the model's device; ``workers`` processes render the scenes.
 
     ``mirror``: also the latents of their mirror images (left-right), after them: ``2 * num_scenes`` in all.
     A mirrored scene is encoded, not its latent flipped: an encoder is not flip-equivariant, and a flipped
     latent is one the encoder never makes (see ``recipes/train_diffusion.py``).
     """
-    size = model.config.input_size
+    jobs = [(s, model.config.input_size) for s in range(num_scenes)]
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    images = pool.imap(_render_input, jobs, chunksize=16) if pool else map(_render_input, jobs)
     latents, mirrored = [], []
-    for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
-        images = [render_scene(sample_scene(s), size=size)[0] for s in range(start, min(start + batch, num_scenes))]
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
-        latents.append(model.encode(x))
-        if mirror:
-            mirrored.append(model.encode(x.flip(-1)))
+    try:
+        for start in tqdm(range(0, num_scenes, batch), desc="encoding latents"):
+            chunk = [next(images) for _ in range(min(batch, num_scenes - start))]
+            x = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).to(model.device, model.dtype) * 2 - 1
+            latents.append(model.encode(x))
+            if mirror:
+                mirrored.append(model.encode(x.flip(-1)))
+    finally:
+        if pool:
+            pool.terminate()
     return torch.cat(latents + mirrored)
 
 

@@ -10,6 +10,9 @@ with the adaptive weight of eq. 2 (GAN from ``--gan-start`` on).
     python recipes/train_autoencoder.py --images my_photos/ --out runs/ae_photos
     python recipes/train_autoencoder.py --mixed --balanced ...        # FFHQ-6K-Mix style data (§5.3)
     python recipes/train_autoencoder.py --patch-code 32 --input-size 128 --latent 16 --out runs/pc
+    python recipes/train_autoencoder.py ... --device cuda --workers 8 --time-limit 30  # 30 min on a GPU
+
+``--time-limit`` ends the run early with a complete model of the steps done (``--resume`` with more continues it).
 
 ``--patch-code K``: the encoder is a fixed linear code instead of a learned one (``infd_solve.models.patch_code``):
 the top K principal components of P x P pixel patches, P = input size / latent, whitened (``--whitening``),
@@ -39,6 +42,7 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
+from infd_solve.cli import resolve_device
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 from infd_solve.models.patch_code import KIND as PATCH_CODE, fit_patch_code, set_patch_code
 from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING, PADDING
@@ -156,12 +160,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="data-generating processes")
+    p.add_argument("--device", help="where to train: cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this much training time with a complete model (continue with --resume)")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out: Path = args.out
@@ -200,11 +208,13 @@ def main(argv=None):
     if model.quantizer is not None:
         model.quantizer.requires_grad_(not args.freeze_encoder)
     disc = PatchDiscriminator()
+    model.to(device), disc.to(device)  # before the optimizers, so that resumed optimizer states land there too
     gen_params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
-    detail_loss = DetailEnergyLoss()
+    detail_loss = DetailEnergyLoss().to(device)
     perceptual, perceptual_name = perceptual_loss("lpips" if args.perceptual == "lpips" else "substitute")
+    perceptual.to(device)
     history = {"step": [], "l1": [], "perceptual": [], "detail": [], "vq": [], "gan_g": [], "gan_d": []}
     step, wall = 0, 0.0
     state = load_train_state(state_path, args.resume)
@@ -228,12 +238,14 @@ def main(argv=None):
         save_train_state(state_path, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
                          opt_d=opt_d.state_dict(), step=step, wall=wall, history=history, args=vars(args))
 
+    deadline = time.time() + 60 * args.time_limit if args.time_limit else math.inf
     bar = tqdm(total=args.steps, initial=step, desc="autoencoder")
     model.train()
     try:
-        while step < args.steps:
+        while step < args.steps and time.time() < deadline:
             t0 = time.time()
             x, gt, boxes = next(loader)
+            x, gt = x.to(device), gt.to(device)
             z = model.encoder(x)
             z_q, vq_loss, _ = model.quantizer(z) if model.quantizer is not None else (z, torch.zeros(()), None)
             phi = model.decoder(z_q)
@@ -266,8 +278,9 @@ def main(argv=None):
             history["step"].append(step)
             bar.update()
             bar.set_postfix(l1=f"{float(l1.detach()):.4f}", perc=f"{float(perc.detach()):.4f}")
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0:
                 save_state()
+        save_state()
     except KeyboardInterrupt:
         save_state()
         print(f"\ninterrupted at step {step}; state saved to {state_path} (continue with --resume)", file=sys.stderr)
@@ -276,10 +289,10 @@ def main(argv=None):
         bar.close()
 
     model.eval()
-    model.save(out / "infd")
+    model.to("cpu").save(out / "infd")
     plot_training(history, out / "losses.png", f"autoencoder ({perceptual_name})")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
-                    perceptual=perceptual_name,
+                    device=str(device), perceptual=perceptual_name,
                     final={k: float(np.mean(v[-200:])) for k, v in history.items() if k != "step" and v},
                     parameters={n: sum(p.numel() for p in getattr(model, n).parameters())
                                 for n in ("encoder", "quantizer", "decoder", "renderer")

@@ -7,6 +7,10 @@ Latents are the encoder's pre-quantization outputs, as in the official code.
 
     python recipes/train_diffusion.py --autoencoder runs/ae/infd --out runs/dm            # shipped defaults
     python recipes/train_diffusion.py --autoencoder runs/ae/infd --out runs/dm --resume   # continue
+    python recipes/train_diffusion.py ... --device cuda --time-limit 30 --workers 8      # 30 min on a GPU
+
+``--time-limit`` ends the run early with a complete model of the steps done (``--resume`` with more continues it).
+The random draws are made on the CPU, so a run is the same on any device up to floating-point rounding.
 
 Writes ``OUT/infd`` (the complete model: autoencoder, renderer, EMA denoiser), ``OUT/state.pt`` (resume
 point), ``OUT/latents.pt`` (cached training latents), ``OUT/losses.png`` and ``OUT/train_log.json``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 
 import infd_solve
 from infd_solve import INFDModel
+from infd_solve.cli import resolve_device
 from infd_solve.io import atomic_path
 from infd_solve.models.infd import PREDICTION_TYPES
 from infd_solve.models.official import unet_config_from_official
@@ -56,12 +62,17 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", help="where to train: cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the scenes to encode")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this much training time with a complete model (continue with --resume)")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out: Path = args.out
@@ -78,7 +89,7 @@ def main(argv=None):
                         "beta_end": 0.0195}
     if args.prediction != "epsilon":  # the shipped config stays as it was
         config.scheduler["prediction_type"] = args.prediction
-    model = INFDModel(config)
+    model = INFDModel(config).to(device)
     # everything but the new denoiser (a complete model's own denoiser is not a starting point: train from scratch)
     model.load_state_dict({k: v for k, v in ae.state_dict().items() if not k.startswith("unet.")}, strict=False)
     unet, scheduler = model.unet, model.scheduler
@@ -89,13 +100,13 @@ def main(argv=None):
     # so flipping a latent would teach the denoiser latents the encoder never makes (they decode worse).
     latents = torch.load(latents_path, weights_only=True) if latents_path.exists() else None
     if latents is None or len(latents) != 2 * args.num_scenes:
-        latents = encode_scenes(model, args.num_scenes, mirror=True)
+        latents = encode_scenes(model, args.num_scenes, mirror=True, workers=args.workers).cpu()
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
     config.latent_scale = model.config.latent_scale = round(1.0 / float(latents.std()), 4)
     print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}; "
           f"latent_scale {config.latent_scale}")
-    latents = latents * config.latent_scale
+    latents = latents.to(device) * config.latent_scale
 
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
@@ -111,14 +122,15 @@ def main(argv=None):
                          wall=wall, history=history, args=vars(args))
 
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
+    deadline = time.time() + 60 * args.time_limit if args.time_limit else math.inf
     bar = tqdm(total=args.steps, initial=step, desc="diffusion")
     unet.train()
     try:
-        while step < args.steps:
+        while step < args.steps and time.time() < deadline:
             t0 = time.time()
-            z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng)]
-            noise = torch.randn(z0.shape, generator=rng)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
+            z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng).to(device)]
+            noise = torch.randn(z0.shape, generator=rng).to(device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng).to(device)
             target = noise if args.prediction == "epsilon" else scheduler.get_velocity(z0, noise, t)
             loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, target)
             opt.zero_grad(set_to_none=True)
@@ -133,8 +145,9 @@ def main(argv=None):
             history["mse"].append(float(loss.detach()))
             bar.update()
             bar.set_postfix(mse=f"{float(loss.detach()):.4f}")
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0:
                 save_state()
+        save_state()
     except KeyboardInterrupt:
         save_state()
         print(f"\ninterrupted at step {step}; state saved to {state_path} (continue with --resume)", file=sys.stderr)
@@ -144,10 +157,10 @@ def main(argv=None):
 
     model.unet.load_state_dict(ema.state_dict())
     model.eval()
-    model.save(out / "infd")
+    model.to("cpu").save(out / "infd")
     plot_training(history, out / "losses.png", f"latent diffusion ({args.prediction} MSE)")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
-                    final_mse=float(np.mean(history["mse"][-200:])), latent_scale=config.latent_scale,
+                    device=str(device), final_mse=float(np.mean(history["mse"][-200:])) if history["mse"] else None, latent_scale=config.latent_scale,
                     denoiser_parameters=sum(p.numel() for p in unet.parameters()))
     return model
 

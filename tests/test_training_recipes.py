@@ -9,6 +9,7 @@ from PIL import Image
 
 import infd_solve
 from infd_solve.data import scene_tensor
+from infd_solve.training import encode_scenes
 
 from .helpers import load_recipe
 
@@ -223,3 +224,35 @@ def test_denoiser_evaluation_reads_x0_errors_by_noise_level(diffusion, tmp_path)
     assert 0 < ratios["0"] < 0.1 and 0 < ratios["999"] and table["prediction"] == "epsilon"
     with pytest.raises(SystemExit, match="--timesteps must lie in"):
         load_recipe("eval_denoiser").main(["--model", str(diffusion / "infd"), "--timesteps", "1000"])
+
+
+def test_time_limit_ends_early_with_a_model_and_resumes(autoencoder, tmp_path):
+    """--time-limit: a run out of time still writes its state and a loadable model of the steps it made;
+    --resume without the limit finishes the planned steps."""
+    out = tmp_path / "dm"
+    recipe = load_recipe("train_diffusion")
+    recipe.main(["--autoencoder", str(autoencoder / "infd"), "--out", str(out), "--time-limit", "1e-9"] + TINY_DM)
+    assert json.loads((out / "train_log.json").read_text())["steps"] == 0
+    assert infd_solve.load_model(out / "infd").unet is not None
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 0
+    recipe.main(["--autoencoder", str(autoencoder / "infd"), "--out", str(out), "--resume"] + TINY_DM)
+    assert json.loads((out / "train_log.json").read_text())["steps"] == 2
+
+    ae_out = tmp_path / "ae"
+    load_recipe("train_autoencoder").main(["--out", str(ae_out), "--steps", "5", "--time-limit", "1e-9"] + TINY_AE)
+    assert json.loads((ae_out / "train_log.json").read_text())["steps"] == 0
+    assert (ae_out / "infd" / "model.safetensors").is_file()
+
+
+def test_latents_rendered_by_worker_processes_are_the_same(diffusion):
+    model = infd_solve.load_model(diffusion / "infd")
+    torch.testing.assert_close(encode_scenes(model, 5, batch=2, workers=2), encode_scenes(model, 5, batch=2))
+
+
+def test_training_on_a_missing_device_is_refused(autoencoder, tmp_path):
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match=f"--device {missing!r}"):
+        load_recipe("train_diffusion").main(["--autoencoder", str(autoencoder / "infd"), "--out", str(tmp_path),
+                                             "--device", missing] + TINY_DM)
+    with pytest.raises(ValueError, match=f"--device {missing!r}"):
+        load_recipe("train_autoencoder").main(["--out", str(tmp_path), "--device", missing] + TINY_AE)
