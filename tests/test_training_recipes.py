@@ -1,7 +1,9 @@
 """One short run of each training recipe on tiny settings: it trains, resumes and writes a loadable model."""
 
 import json
+import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -11,7 +13,9 @@ import infd_solve
 from infd_solve.data import scene_tensor
 from infd_solve.training import encode_scenes
 
-from .helpers import load_recipe
+from .helpers import REPO, load_recipe
+
+RECIPES = REPO / "recipes"
 
 pytestmark = pytest.mark.slow
 
@@ -256,3 +260,20 @@ def test_training_on_a_missing_device_is_refused(autoencoder, tmp_path):
                                              "--device", missing] + TINY_DM)
     with pytest.raises(ValueError, match=f"--device {missing!r}"):
         load_recipe("train_autoencoder").main(["--out", str(tmp_path), "--device", missing] + TINY_AE)
+
+
+def test_patch_code_chain_script_writes_the_renderer_and_the_denoiser_in_one_model(tmp_path):
+    """recipes/train_patch_code.sh, time-boxed to seconds on the CPU: the complete model is the trained
+    renderer's autoencoder with the denoiser's EMA weights, and it samples."""
+    env = {**os.environ, "DEVICE": "cpu", "SCENES": "8"}
+    subprocess.run(["bash", str(RECIPES / "train_patch_code.sh"), str(tmp_path), "0.02"], env=env, check=True,
+                   capture_output=True, timeout=600)
+    model = infd_solve.load_model(tmp_path / "model" / "infd")
+    renderer = infd_solve.load_model(tmp_path / "renderer" / "infd")
+    denoiser = infd_solve.load_model(tmp_path / "denoiser" / "infd")
+    assert model.config.scheduler["prediction_type"] == "v_prediction" and model.config.z_shape == (32, 16, 16)
+    weights = model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in renderer.state_dict().items())
+    assert all(torch.equal(v, weights[k]) for k, v in denoiser.state_dict().items() if k.startswith("unet."))
+    z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
+    assert torch.isfinite(model.render(model.decode(z), 32)).all()

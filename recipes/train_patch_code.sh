@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The patch-code candidate for the default model (pretrained/MODEL_CARD.md, "The patch code on a GPU"), trained
+# in one time-boxed run, e.g. on a lent GPU:
+#   1. the code: 32 principal components of 8x8 patches of the 128-px input, half whitened; fitted, not trained;
+#   2. at the same time, on the same latents: the renderer (L1 + perceptual + detail + adversarial, encoder
+#      frozen) and the v-prediction denoiser, each stopped after MINUTES with a complete model;
+#   3. the complete model: the denoiser's state written out (0 more steps) on the trained renderer. The code is
+#      frozen, so this is the model that the chain code -> renderer -> denoiser gives.
+#
+#   bash recipes/train_patch_code.sh [OUT] [MINUTES]     # defaults: runs/patch_code, 6; OUT/model is the result
+#   DEVICE=cpu SCENES=200 bash recipes/train_patch_code.sh runs/try 0.5   # a quick try without a GPU
+set -euo pipefail
+out=${1:-runs/patch_code}
+minutes=${2:-6}
+device=${DEVICE:-cuda}
+scenes=${SCENES:-20000}
+recipes=$(dirname "$0")
+mkdir -p "$out"
+
+python "$recipes/train_autoencoder.py" --patch-code 32 --input-size 128 --latent 16 --whitening 0.5 \
+  --padding reflect --steps 0 --workers 0 --device "$device" --out "$out/code"
+
+python "$recipes/train_autoencoder.py" --init "$out/code/infd" --input-size 128 --latent 16 --freeze-encoder \
+  --detail-weight 30 --gan-start 1000 --steps 100000 --workers 4 --device "$device" --time-limit "$minutes" \
+  --out "$out/renderer" > "$out/renderer.log" 2>&1 &
+renderer=$!
+python "$recipes/train_diffusion.py" --autoencoder "$out/code/infd" --prediction v_prediction --batch-size 64 \
+  --num-scenes "$scenes" --steps 100000 --save-every 2000 --workers 8 --device "$device" --time-limit "$minutes" \
+  --out "$out/denoiser" > "$out/denoiser.log" 2>&1 &
+denoiser=$!
+wait $renderer || { echo "renderer training failed: see $out/renderer.log" >&2; exit 1; }
+wait $denoiser || { echo "denoiser training failed: see $out/denoiser.log" >&2; exit 1; }
+
+mkdir -p "$out/model"
+cp "$out/denoiser/state.pt" "$out/denoiser/latents.pt" "$out/model/"
+steps=$(python -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$out/model/state.pt")
+python "$recipes/train_diffusion.py" --autoencoder "$out/renderer/infd" --prediction v_prediction --batch-size 64 \
+  --num-scenes "$scenes" --steps "$steps" --device "$device" --resume --out "$out/model"
+echo "the complete model: $out/model/infd (denoiser $steps steps)"
