@@ -66,8 +66,25 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="processes rendering the scenes to encode")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this much training time with a complete model (continue with --resume)")
+    p.add_argument("--init-denoiser", metavar="MODEL",
+                   help="start from this complete model's denoiser (same sizes and prediction), e.g. to continue a "
+                        "run whose state.pt is lost: its EMA weights, a new optimizer")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
+
+
+def init_denoiser(unet, config, path) -> None:
+    """Load the denoiser of the complete model at ``path`` into ``unet``, refusing one of other sizes or another
+    prediction type (its weights would not mean the same)."""
+    other = infd_solve.load_model(path)
+    if other.unet is None:
+        raise SystemExit(f"--init-denoiser {path} has no denoiser")
+    if other.config.unet != config.unet or other.config.z_shape != config.z_shape:
+        raise SystemExit(f"--init-denoiser {path}: its denoiser has other sizes than the one these flags build")
+    if other.config.scheduler.get("prediction_type", "epsilon") != config.scheduler.get("prediction_type", "epsilon"):
+        raise SystemExit(f"--init-denoiser {path} predicts {other.config.scheduler.get('prediction_type', 'epsilon')}"
+                         ", not what --prediction asks")
+    unet.load_state_dict(other.unet.state_dict())
 
 
 def main(argv=None):
@@ -93,6 +110,8 @@ def main(argv=None):
     # everything but the new denoiser (a complete model's own denoiser is not a starting point: train from scratch)
     model.load_state_dict({k: v for k, v in ae.state_dict().items() if not k.startswith("unet.")}, strict=False)
     unet, scheduler = model.unet, model.scheduler
+    if args.init_denoiser:
+        init_denoiser(unet, config, args.init_denoiser)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
 

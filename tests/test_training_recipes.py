@@ -277,3 +277,16 @@ def test_patch_code_chain_script_writes_the_renderer_and_the_denoiser_in_one_mod
     assert all(torch.equal(v, weights[k]) for k, v in denoiser.state_dict().items() if k.startswith("unet."))
     z = model.sample(1, steps=2, generator=[torch.Generator().manual_seed(0)], progress=False)
     assert torch.isfinite(model.render(model.decode(z), 32)).all()
+
+
+def test_init_denoiser_starts_from_a_models_denoiser(diffusion, tmp_path):
+    """--init-denoiser: the denoiser and its EMA start as the given model's (0 steps writes it back unchanged);
+    one predicting something else is refused."""
+    recipe = load_recipe("train_diffusion")
+    flags = ["--autoencoder", str(diffusion / "infd"), "--init-denoiser", str(diffusion / "infd")] + TINY_DM
+    recipe.main(flags + ["--out", str(tmp_path / "again"), "--steps", "0"])
+    old = infd_solve.load_model(diffusion / "infd").unet.state_dict()
+    new = infd_solve.load_model(tmp_path / "again" / "infd").unet.state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in new.items())
+    with pytest.raises(SystemExit, match="predicts epsilon"):
+        recipe.main(flags + ["--out", str(tmp_path / "v"), "--prediction", "v_prediction"])
