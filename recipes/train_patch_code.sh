@@ -9,11 +9,13 @@
 #
 #   bash recipes/train_patch_code.sh [OUT] [MINUTES]     # defaults: runs/patch_code, 6; OUT/model is the result
 #   DEVICE=cpu SCENES=200 bash recipes/train_patch_code.sh runs/try 0.5   # a quick try without a GPU
+#   DENOISER_FLAGS="--model-channels 128" bash recipes/train_patch_code.sh   # more train_diffusion.py flags
 set -euo pipefail
 out=${1:-runs/patch_code}
 minutes=${2:-6}
 device=${DEVICE:-cuda}
 scenes=${SCENES:-20000}
+read -r -a denoiser_flags <<< "${DENOISER_FLAGS:-}"
 recipes=$(dirname "$0")
 mkdir -p "$out"
 
@@ -26,7 +28,7 @@ python "$recipes/train_autoencoder.py" --init "$out/code/infd" --input-size 128 
 renderer=$!
 python "$recipes/train_diffusion.py" --autoencoder "$out/code/infd" --prediction v_prediction --batch-size 64 \
   --num-scenes "$scenes" --steps 100000 --save-every 2000 --workers 8 --device "$device" --time-limit "$minutes" \
-  --out "$out/denoiser" > "$out/denoiser.log" 2>&1 &
+  "${denoiser_flags[@]}" --out "$out/denoiser" > "$out/denoiser.log" 2>&1 &
 denoiser=$!
 wait $renderer || { echo "renderer training failed: see $out/renderer.log" >&2; exit 1; }
 wait $denoiser || { echo "denoiser training failed: see $out/denoiser.log" >&2; exit 1; }
@@ -35,5 +37,5 @@ mkdir -p "$out/model"
 cp "$out/denoiser/state.pt" "$out/denoiser/latents.pt" "$out/model/"
 steps=$(python -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$out/model/state.pt")
 python "$recipes/train_diffusion.py" --autoencoder "$out/renderer/infd" --prediction v_prediction --batch-size 64 \
-  --num-scenes "$scenes" --steps "$steps" --device "$device" --resume --out "$out/model"
+  --num-scenes "$scenes" --steps "$steps" --device "$device" --resume "${denoiser_flags[@]}" --out "$out/model"
 echo "the complete model: $out/model/infd (denoiser $steps steps)"
