@@ -167,6 +167,19 @@ def field_seam_ratios(model, phis, field_size: int, rng, sizes=(1024, 2048), win
     return out
 
 
+def latent_block_ratio(images: torch.Tensor, latent_size: int) -> tuple[float, float]:
+    """:func:`seam_ratio` on the latent's cells: ``images`` (``B x C x S x S``, whole canvases) less one latent
+    cell at each edge. Catches samples whose latent cells are drawn each on its own, a patchwork of blocks,
+    which :func:`field_seam_ratios` misses when the field is finer than the latent; compare with the truth's
+    value at the same size (real scenes have horizontal structure that lines up by chance)."""
+    size = images.shape[-1]
+    if images.shape[-2] != size or size % latent_size or size // latent_size < 2:
+        raise ValueError(f"latent_block_ratio needs square canvases made of {latent_size} cells of >= 2 pixels, "
+                         f"got {tuple(images.shape[-2:])}")
+    cell = size // latent_size
+    return seam_ratio(images[..., cell:-cell, cell:-cell], cell)
+
+
 def _gradient_map(images: torch.Tensor) -> torch.Tensor:
     """``sqrt(dx^2 + dy^2)`` of forward differences per channel: ``B x C x (H-1) x (W-1)``, in float64."""
     x = images.double()

@@ -22,7 +22,8 @@ Every comparison is at the same pixel size as the truth (held-out scenes, seeds 
   edges at 1024 and 2048, samples and truth); straight lines across whole samples at 256
   (:func:`infd_solve.metrics.line_scores`: vertical / horizontal; the window-grid and streak artifacts).
 - ``seams``: :func:`infd_solve.metrics.field_seam_ratios` (lines at feature-cell borders and bends at cell
-  centres) of samples at 1024 and 2048.
+  centres) of samples at 1024 and 2048; :func:`infd_solve.metrics.latent_block_ratio` (lines at latent-cell
+  borders: a patchwork of blocks) of whole samples and of the truth at 1024.
 - ``clip``: domain CLIP zero-shot top-1 over the label set on held-out crops dominated (>= 60 %) by one label.
 """
 
@@ -44,7 +45,7 @@ from infd_solve.clip import load_clip, zero_shot
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.metrics import (area_downsample, edge_gradient_ratio, field_seam_ratios, frechet_distance,
-                                gradient_magnitude, line_scores, psnr)
+                                gradient_magnitude, latent_block_ratio, line_scores, psnr)
 
 SECTIONS = ("reconstruction", "samples", "crispness", "seams", "clip")
 PRESENT = 0.001  # a label is present in an image when it covers at least this share of its pixels
@@ -267,6 +268,7 @@ def main(argv=None):
         for size, ratios in field_seam_ratios(model, phis[: args.seam_samples], phis[0].shape[-1], seam_rng).items():
             for kind, (along_x, along_y) in ratios.items():
                 table[f"{kind} ratio @{size} (along x, along y)"] = (along_x, along_y)
+        table |= block_ratios(model, phis[: args.seam_samples], scenes[: args.seam_samples])
     if "clip" in sections:
         table |= clip_zero_shot(clip, scenes, rng)
     table["wall time (s)"] = round(time.time() - t_start, 1)
@@ -279,6 +281,16 @@ def main(argv=None):
         figure(scenes[:4], phis[:4], model, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')}" + (f" and {args.out.with_suffix('.png')}" if phis else ""))
     return table
+
+
+def block_ratios(model, phis, scenes, size: int = 1024) -> dict:
+    """The latent-cell block ratio of whole samples and of real scenes, both rendered at ``size``."""
+    latent = model.config.z_shape[-1]
+    samples = torch.cat([model.render_image(phi, size) for phi in phis])
+    truth = torch.stack([torch.from_numpy(render_scene(s, size=(size, size))[0]).permute(2, 0, 1) * 2 - 1
+                         for s in scenes])
+    return {f"latent-cell block ratio @{size} (along x, along y): samples": latent_block_ratio(samples, latent),
+            f"latent-cell block ratio @{size} (along x, along y): truth": latent_block_ratio(truth, latent)}
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infd_solve.metrics import seam_ratio
+from infd_solve.metrics import latent_block_ratio, seam_ratio
 
 from .helpers import tiny_model
 
@@ -33,6 +33,21 @@ def test_seam_ratio_finds_lines_every_cell_along_their_axis():
     assert sx < 1.3 and sy > 5
     # lines every 16 px seen with the wrong cell size (12) spread over positions: a weaker, off-grid ratio
     assert seam_ratio(lines, 12)[0] < seam_ratio(lines, 16)[0]
+
+
+def test_latent_block_ratio_finds_a_patchwork_of_latent_cells():
+    """Each 16-px cell of a 8-cell canvas given its own brightness: the block ratio sees it, at the latent's
+    cell size; the smooth images pass. The edge cells are left out, so a frame around the canvas is not seen."""
+    images = smooth_images()
+    g = torch.Generator().manual_seed(1)
+    blocks = images + 0.5 * torch.randn(2, 3, 8, 8, generator=g).repeat_interleave(16, -1).repeat_interleave(16, -2)
+    assert min(latent_block_ratio(blocks, 8)) > 5
+    assert max(latent_block_ratio(images, 8)) < 1.3
+    framed = images.clone()
+    framed[..., :, :4] -= 1.0
+    assert latent_block_ratio(framed, 8)[0] < 1.3
+    with pytest.raises(ValueError, match="8 cells"):
+        latent_block_ratio(images[..., :100], 8)
 
 
 def test_bend_ratio_finds_slope_jumps_that_seam_ratio_misses():
@@ -74,3 +89,22 @@ def test_eval_seams_measure_renders_on_the_cell_lattice():
     assert set(ratios) == {128, 256}  # 100 px is not a whole number of pixels per cell: skipped
     assert all(set(kinds) == {"seam", "bend"} for kinds in ratios.values())
     assert all(r >= 1 for kinds in ratios.values() for pair in kinds.values() for r in pair)
+
+
+def test_eval_default_block_ratios_of_the_shipped_model_and_the_truth():
+    """The seam section's latent-cell block ratio on the shipped model (two samples) and two held-out scenes:
+    the shipped model draws no blocks (its samples are smooth across latent cells)."""
+    import infd_solve
+    from infd_solve.data import TEST_SEED_OFFSET, sample_scene
+
+    from .helpers import load_recipe
+
+    model = infd_solve.load_model("default")
+    z = model.sample(2, steps=5, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], progress=False)
+    with torch.no_grad():
+        phis = [model.decode(z[i : i + 1]) for i in range(2)]
+        table = load_recipe("eval_default").block_ratios(model, phis, [sample_scene(TEST_SEED_OFFSET + i)
+                                                                      for i in range(2)], size=256)
+    samples = table["latent-cell block ratio @256 (along x, along y): samples"]
+    truth = table["latent-cell block ratio @256 (along x, along y): truth"]
+    assert all(1 <= r < 1.5 for r in samples) and all(1 <= r < 3 for r in truth)
