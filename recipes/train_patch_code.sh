@@ -2,6 +2,7 @@
 # The patch-code candidate for the default model (pretrained/MODEL_CARD.md, "The patch code on a GPU"), trained
 # in one time-boxed run, e.g. on a lent GPU:
 #   1. the code: 32 principal components of 8x8 patches of the 128-px input, half whitened; fitted, not trained;
+#      its renderer without the position-in-cell input (it draws lines at the field's cells: model card);
 #   2. at the same time, on the same latents: the renderer (L1 + perceptual + detail + adversarial, encoder
 #      frozen) and the v-prediction denoiser, each stopped after MINUTES with a complete model;
 #   3. the complete model: the denoiser's state written out (0 more steps) on the trained renderer. The code is
@@ -20,7 +21,7 @@ recipes=$(dirname "$0")
 mkdir -p "$out"
 
 python "$recipes/train_autoencoder.py" --patch-code 32 --input-size 128 --latent 16 --whitening 0.5 \
-  --padding reflect --steps 0 --workers 0 --device "$device" --out "$out/code"
+  --padding reflect --coord-encoding none --steps 0 --workers 0 --device "$device" --out "$out/code"
 
 python "$recipes/train_autoencoder.py" --init "$out/code/infd" --input-size 128 --latent 16 --freeze-encoder \
   --detail-weight 30 --gan-start 1000 --steps 100000 --workers 4 --device "$device" --time-limit "$minutes" \
