@@ -107,7 +107,7 @@ def main(argv=None):
     if args.prediction != "epsilon":  # the shipped config stays as it was
         config.scheduler["prediction_type"] = args.prediction
     model = INFDModel(config).to(device)
-    # everything but the new denoiser (a complete model's own denoiser is not a starting point: train from scratch)
+    # everything but the denoiser (a complete model's own is a starting point only with --init-denoiser)
     model.load_state_dict({k: v for k, v in ae.state_dict().items() if not k.startswith("unet.")}, strict=False)
     unet, scheduler = model.unet, model.scheduler
     if args.init_denoiser:
