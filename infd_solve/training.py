@@ -8,10 +8,12 @@ ground truth at a random resolution (log-uniform, paper §4.1), and that crop's 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +197,26 @@ def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int | None = None
         return lr * (step + 1) / warm
     t = (step - warm) / max(1, steps - warm)
     return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+
+def _minutes(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    return value
+
+
+def add_device_arguments(parser) -> None:
+    """``--device`` (checked by :func:`infd_solve.cli.resolve_device`) and ``--time-limit`` (see
+    :func:`deadline`): where a training recipe runs, and for how long at most."""
+    parser.add_argument("--device", help="where to train: cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                        help="stop after this much training time with a complete model (continue with --resume)")
+
+
+def deadline(minutes: float | None) -> float:
+    """The ``time.time()`` at which a run given ``--time-limit minutes`` stops (never, without one)."""
+    return time.time() + 60 * minutes if minutes else math.inf
 
 
 def add_run_arguments(parser, default_out, save_every: int) -> None:

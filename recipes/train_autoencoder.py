@@ -46,8 +46,9 @@ from infd_solve.cli import resolve_device
 from infd_solve.losses import DetailEnergyLoss, perceptual_loss
 from infd_solve.models.patch_code import KIND as PATCH_CODE, fit_patch_code, set_patch_code
 from infd_solve.models.renderer import COORD_CHANNELS, FEATURE_SAMPLING, PADDING
-from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, adapt_renderer_input,
-                                 adaptive_gan_weight, load_train_state, save_train_state, write_train_log)
+from infd_solve.training import (Batches, ImageFolderSource, LandscapeSource, PatchDiscriminator, add_device_arguments,
+                                 adapt_renderer_input, adaptive_gan_weight, deadline, load_train_state,
+                                 save_train_state, write_train_log)
 from infd_solve.viz import plot_training
 
 def default_config(args, init=None) -> INFDConfig:
@@ -160,9 +161,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="data-generating processes")
-    p.add_argument("--device", help="where to train: cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="stop after this much training time with a complete model (continue with --resume)")
+    add_device_arguments(p)
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
 
@@ -238,11 +237,11 @@ def main(argv=None):
         save_train_state(state_path, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
                          opt_d=opt_d.state_dict(), step=step, wall=wall, history=history, args=vars(args))
 
-    deadline = time.time() + 60 * args.time_limit if args.time_limit else math.inf
+    stop_at = deadline(args.time_limit)
     bar = tqdm(total=args.steps, initial=step, desc="autoencoder")
     model.train()
     try:
-        while step < args.steps and time.time() < deadline:
+        while step < args.steps and time.time() < stop_at:
             t0 = time.time()
             x, gt, boxes = next(loader)
             x, gt = x.to(device), gt.to(device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ from infd_solve.cli import resolve_device
 from infd_solve.io import atomic_path
 from infd_solve.models.infd import PREDICTION_TYPES
 from infd_solve.models.official import unet_config_from_official
-from infd_solve.training import encode_scenes, load_train_state, save_train_state, write_train_log
+from infd_solve.training import (add_device_arguments, deadline, encode_scenes, load_train_state, save_train_state,
+                                 write_train_log)
 from infd_solve.viz import plot_training
 
 
@@ -62,10 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", help="where to train: cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--workers", type=int, default=1, help="processes rendering the scenes to encode")
-    p.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="stop after this much training time with a complete model (continue with --resume)")
+    add_device_arguments(p)
     p.add_argument("--init-denoiser", metavar="MODEL",
                    help="start from this complete model's denoiser (same sizes and prediction), e.g. to continue a "
                         "run whose state.pt is lost: its EMA weights, a new optimizer")
@@ -141,11 +139,11 @@ def main(argv=None):
                          wall=wall, history=history, args=vars(args))
 
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
-    deadline = time.time() + 60 * args.time_limit if args.time_limit else math.inf
+    stop_at = deadline(args.time_limit)
     bar = tqdm(total=args.steps, initial=step, desc="diffusion")
     unet.train()
     try:
-        while step < args.steps and time.time() < deadline:
+        while step < args.steps and time.time() < stop_at:
             t0 = time.time()
             z0 = latents[torch.randint(len(latents), (args.batch_size,), generator=rng).to(device)]
             noise = torch.randn(z0.shape, generator=rng).to(device)
@@ -179,7 +177,8 @@ def main(argv=None):
     model.to("cpu").save(out / "infd")
     plot_training(history, out / "losses.png", f"latent diffusion ({args.prediction} MSE)")
     write_train_log(out, argv, steps=step, wall_seconds=round(wall, 1), threads=args.threads,
-                    device=str(device), final_mse=float(np.mean(history["mse"][-200:])) if history["mse"] else None, latent_scale=config.latent_scale,
+                    device=str(device), latent_scale=config.latent_scale,
+                    final_mse=float(np.mean(history["mse"][-200:])) if history["mse"] else None,
                     denoiser_parameters=sum(p.numel() for p in unet.parameters()))
     return model
 

@@ -16,7 +16,8 @@ out=${1:-runs/patch_code}
 minutes=${2:-6}
 device=${DEVICE:-cuda}
 scenes=${SCENES:-20000}
-read -r -a denoiser_flags <<< "${DENOISER_FLAGS:-}"
+read -r -a extra <<< "${DENOISER_FLAGS:-}"
+denoiser=(--prediction v_prediction --batch-size 64 --num-scenes "$scenes" --device "$device" "${extra[@]}")
 recipes=$(dirname "$0")
 mkdir -p "$out"
 
@@ -27,16 +28,16 @@ python "$recipes/train_autoencoder.py" --init "$out/code/infd" --input-size 128 
   --detail-weight 30 --gan-start 1000 --steps 100000 --workers 4 --device "$device" --time-limit "$minutes" \
   --out "$out/renderer" > "$out/renderer.log" 2>&1 &
 renderer=$!
-python "$recipes/train_diffusion.py" --autoencoder "$out/code/infd" --prediction v_prediction --batch-size 64 \
-  --num-scenes "$scenes" --steps 100000 --save-every 2000 --workers 8 --device "$device" --time-limit "$minutes" \
-  "${denoiser_flags[@]}" --out "$out/denoiser" > "$out/denoiser.log" 2>&1 &
-denoiser=$!
+python "$recipes/train_diffusion.py" --autoencoder "$out/code/infd" "${denoiser[@]}" --steps 100000 \
+  --save-every 2000 --workers 8 --time-limit "$minutes" --out "$out/denoiser" > "$out/denoiser.log" 2>&1 &
+diffusion=$!
 wait $renderer || { echo "renderer training failed: see $out/renderer.log" >&2; exit 1; }
-wait $denoiser || { echo "denoiser training failed: see $out/denoiser.log" >&2; exit 1; }
+wait $diffusion || { echo "denoiser training failed: see $out/denoiser.log" >&2; exit 1; }
 
 mkdir -p "$out/model"
-cp "$out/denoiser/state.pt" "$out/denoiser/latents.pt" "$out/model/"
+# hard links: the latents (1.3 GB) are only read, and a state save replaces its file atomically
+ln -f "$out/denoiser/state.pt" "$out/denoiser/latents.pt" "$out/model/"
 steps=$(python -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$out/model/state.pt")
-python "$recipes/train_diffusion.py" --autoencoder "$out/renderer/infd" --prediction v_prediction --batch-size 64 \
-  --num-scenes "$scenes" --steps "$steps" --device "$device" --resume "${denoiser_flags[@]}" --out "$out/model"
+python "$recipes/train_diffusion.py" --autoencoder "$out/renderer/infd" "${denoiser[@]}" --steps "$steps" --resume \
+  --out "$out/model"
 echo "the complete model: $out/model/infd (denoiser $steps steps)"

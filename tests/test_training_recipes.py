@@ -291,3 +291,12 @@ def test_init_denoiser_starts_from_a_models_denoiser(diffusion, tmp_path):
     assert all(torch.equal(v, old[k]) for k, v in new.items())
     with pytest.raises(SystemExit, match="predicts epsilon"):
         recipe.main(flags + ["--out", str(tmp_path / "v"), "--prediction", "v_prediction"])
+
+
+@pytest.mark.parametrize("recipe", ["train_diffusion", "train_autoencoder"])
+@pytest.mark.parametrize("minutes", ["0", "-5", "nan"])
+def test_a_time_limit_that_is_not_positive_is_refused(recipe, minutes, capsys):
+    with pytest.raises(SystemExit):
+        required = ["--autoencoder", "x"] if recipe == "train_diffusion" else []
+        load_recipe(recipe).parse_args(required + ["--time-limit", minutes])
+    assert "--time-limit: must be a positive number of minutes" in capsys.readouterr().err
