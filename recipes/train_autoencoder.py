@@ -16,11 +16,11 @@ with the adaptive weight of eq. 2 (GAN from ``--gan-start`` on).
 
 ``--patch-code K``: the encoder is a fixed linear code instead of a learned one (``infd_solve.models.patch_code``):
 the top K principal components of P x P pixel patches, P = input size / latent, whitened (``--whitening``),
-fitted before training on the encoder inputs of the first 32 batches. The decoder adds ``--ch`` learned feature
-channels to the code's linear decode, and the renderer draws that image (sampled with ``--feature-sampling``,
-default bicubic here) plus what it learns, from zero: the untrained model reconstructs exactly like the linear
-code. No quantizer. An ``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is
-given.
+lapped with ``--overlap`` (each patch reaches that many pixels into its neighbours), fitted before training on
+the encoder inputs of the first 32 batches. The decoder adds ``--ch`` learned feature channels to the code's
+linear decode, and the renderer draws that image (sampled with ``--feature-sampling``, default bicubic here)
+plus what it learns, from zero: the untrained model reconstructs exactly like the linear code. No quantizer. An
+``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is given.
 
 Writes ``OUT/infd`` (an autoencoder-only model, loadable with ``infd_solve.load_model``), ``OUT/state.pt``
 (resume point, written atomically every ``--save-every`` steps), ``OUT/losses.png`` and ``OUT/train_log.json``.
@@ -61,7 +61,8 @@ def default_config(args, init=None) -> INFDConfig:
                           renderer={**renderer, "feature_channels": c.decoder.field_channels, "rgb_skip": True})
     if args.patch_code:
         code = {"kind": PATCH_CODE, "patch": args.input_size // args.latent, "z_channels": args.patch_code,
-                "ch": args.ch, "num_res_blocks": args.res_blocks, "resolution": args.input_size}
+                "ch": args.ch, "num_res_blocks": args.res_blocks, "resolution": args.input_size,
+                "overlap": args.overlap or 0}
         return INFDConfig(z_shape=(args.patch_code, args.latent, args.latent), encoder=code, decoder=code,
                           n_embed=None, unet=None, renderer={**renderer, "feature_channels": 3 + args.ch,
                                                              "rgb_skip": True})
@@ -94,6 +95,12 @@ def check_patch_code(args, init) -> None:
     if args.whitening is not None and (not args.patch_code or init_code is not None):
         raise SystemExit(f"--whitening {args.whitening} shapes a new patch code: give --patch-code K without a "
                          "patch-code --init (an init keeps its code)")
+    if args.overlap is not None and (not args.patch_code or init_code is not None):
+        raise SystemExit(f"--overlap {args.overlap} shapes a new patch code: give --patch-code K without a "
+                         "patch-code --init (an init keeps its code)")
+    if args.overlap is not None and args.patch_code and not 0 <= args.overlap <= args.input_size // args.latent // 2:
+        raise SystemExit(f"--overlap must be between 0 and half the patch size ({args.input_size // args.latent // 2}),"
+                         f" got {args.overlap}")
     if args.whitening is not None and not 0 <= args.whitening <= 1:
         raise SystemExit(f"--whitening must be between 0 and 1, got {args.whitening}")
     if (args.patch_code or init_code is not None) and args.n_embed:
@@ -105,7 +112,7 @@ def fit_code(model, loader, whitening: float = 1.0, batches: int = 32) -> None:
     renderer's last conv: the untrained model then renders exactly the code's linear decode (rgb_skip)."""
     images = torch.cat([next(loader)[0] for _ in range(batches)])
     config = model.config.encoder
-    set_patch_code(model, fit_patch_code(images, config.patch, config.z_channels, whitening))
+    set_patch_code(model, fit_patch_code(images, config.patch, config.z_channels, whitening, config.overlap))
     with torch.no_grad():
         model.renderer.conv_out.weight.zero_()
         model.renderer.conv_out.bias.zero_()
@@ -131,6 +138,10 @@ def parse_args(argv=None):
     p.add_argument("--whitening", type=float, metavar="W",
                    help="with a new --patch-code: divide each component by its standard deviation to the power W "
                         "(default 1: whitened; 0: the data's spectrum)")
+    p.add_argument("--overlap", type=int, metavar="O",
+                   help="with a new --patch-code: each patch reaches O pixels into its neighbours, sine-windowed "
+                        "(a lapped code; up to P/2), so that a latent error fades across cell borders instead of "
+                        "drawing a block (default 0: a block code)")
     p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING),
                    help="renderer feature lookup (nearest: official CLIF, the default without --init; bicubic "
                         "for a new patch code). Default with --init: the init's")

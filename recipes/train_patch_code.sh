@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The patch-code candidate for the default model (pretrained/MODEL_CARD.md, "The patch code on a GPU"), trained
 # in one time-boxed run, e.g. on a lent GPU:
-#   1. the code: 32 principal components of 8x8 patches of the 128-px input, half whitened; fitted, not trained;
-#      its renderer without the position-in-cell input (it draws lines at the field's cells: model card);
+#   1. the code: 32 principal components of 8x8 patches of the 128-px input, lapped (each patch reaches 4 px
+#      into its neighbours, so a sampled latent's error does not draw the cells as blocks), half whitened;
+#      fitted, not trained; its renderer without the position-in-cell input (it draws lines at the field's
+#      cells: model card);
 #   2. at the same time, on the same latents: the renderer (L1 + perceptual + detail + adversarial, encoder
 #      frozen) and the v-prediction denoiser, each stopped after MINUTES with a complete model;
 #   3. the complete model: the denoiser's state written out (0 more steps) on the trained renderer. The code is
@@ -21,7 +23,7 @@ denoiser=(--prediction v_prediction --batch-size 64 --num-scenes "$scenes" --dev
 recipes=$(dirname "$0")
 mkdir -p "$out"
 
-python "$recipes/train_autoencoder.py" --patch-code 32 --input-size 128 --latent 16 --whitening 0.5 \
+python "$recipes/train_autoencoder.py" --patch-code 32 --input-size 128 --latent 16 --whitening 0.5 --overlap 4 \
   --padding reflect --coord-encoding none --steps 0 --workers 0 --device "$device" --out "$out/code"
 
 python "$recipes/train_autoencoder.py" --init "$out/code/infd" --input-size 128 --latent 16 --freeze-encoder \

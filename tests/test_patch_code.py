@@ -10,9 +10,10 @@ import torch
 import infd_solve
 from infd_solve import INFDConfig, INFDModel
 from infd_solve.data import scene_tensor
-from infd_solve.metrics import psnr
+from infd_solve.metrics import psnr, seam_ratio
 from infd_solve.models.autoencoder import ConvStackConfig
-from infd_solve.models.patch_code import PatchCodeConfig, fit_patch_code, set_patch_code
+from infd_solve.models.patch_code import (PatchCodeConfig, PatchDecoder, PatchEncoder, fit_patch_code,
+                                         set_patch_code)
 from infd_solve.models.renderer import RendererConfig
 
 from .helpers import load_recipe, tiny_model
@@ -152,6 +153,9 @@ def test_conv_stack_configs_still_load_and_save_byte_identical(tmp_path):
     ({"ch": 48}, "ch"),
     ({"num_res_blocks": -1}, "num_res_blocks"),
     ({"kind": "pca"}, "kind"),
+    ({"overlap": 3}, "overlap"),  # more than half of a 4-px patch
+    ({"overlap": -1}, "overlap"),
+    ({"overlap": 1, "z_channels": 109}, "z_channels"),  # a windowed 6 x 6 patch has 108 numbers
 ])
 def test_bad_patch_code_options_name_the_field(change, field):
     with pytest.raises(ValueError, match=rf"^{field} "):
@@ -173,6 +177,42 @@ def test_inconsistent_configs_are_refused():
         RendererConfig(rgb_skip="yes")
     with pytest.raises(ValueError, match="rgb_skip needs feature_channels"):
         RendererConfig(feature_channels=2, rgb_skip=True, normalize=False)
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_a_lapped_code_with_all_components_is_exact(overlap, one_thread):
+    """The decoder's windowed overlap-add over the squared windows inverts the encoder, in the outer cells too
+    (their overlap is mirrored, and fewer windows reach the outermost pixels)."""
+    side = PATCH + 2 * overlap
+    train = torch.cat([scene_tensor(i, SIZE) for i in range(16)])
+    test = torch.cat([scene_tensor(s, SIZE) for s in (500, 501)])
+    config = PatchCodeConfig(patch=PATCH, z_channels=3 * side**2, resolution=SIZE, overlap=overlap)
+    encoder, decoder = PatchEncoder(config), PatchDecoder(config)
+    code = fit_patch_code(train, PATCH, 3 * side**2, whitening=0.0, overlap=overlap)
+    encoder.set_code(code)
+    decoder.set_code(code)
+    torch.testing.assert_close(decoder.linear_decode(encoder(test)), test, atol=1e-4, rtol=0)
+
+
+def test_a_latent_error_fades_across_cell_borders_in_a_lapped_code(one_thread):
+    """Noise on every cell's latent (as a sampler leaves it): the block code draws it as a patchwork of blocks,
+    lines at every cell border; the lapped code (overlap P/2) keeps the borders near the truth's own level."""
+    patch, size = 8, 32
+    train = torch.cat([scene_tensor(i, size) for i in range(12)])
+    test = torch.cat([scene_tensor(s, size) for s in range(500, 508)])
+    ratios = {}
+    for overlap in (0, patch // 2):
+        config = PatchCodeConfig(patch=patch, z_channels=16, resolution=size, overlap=overlap)
+        encoder, decoder = PatchEncoder(config), PatchDecoder(config)
+        code = fit_patch_code(train, patch, 16, overlap=overlap)
+        encoder.set_code(code)
+        decoder.set_code(code)
+        z = encoder(test)
+        noisy = decoder.linear_decode(z + 0.3 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0)))
+        ratios[overlap] = seam_ratio(noisy[..., patch:-patch, patch:-patch], patch)
+    truth = seam_ratio(test[..., patch:-patch, patch:-patch], patch)
+    assert ratios[0][0] > 3 * truth[0] and ratios[0][1] > 1.5 * truth[1]
+    assert ratios[4][0] < 1.3 * truth[0] and ratios[4][1] < 1.1 * truth[1]
 
 
 def test_bad_fits_and_codes_are_refused():
@@ -206,7 +246,9 @@ def test_the_recipe_refuses_what_a_patch_code_cannot_be(tmp_path):
              (["--init", str(code), "--latent", "4", "--n-embed", "16"], "has no quantizer"),
              (["--whitening", "0.5"], "shapes a new patch code"),
              (["--init", str(code), "--latent", "4", "--whitening", "0.5"], "shapes a new patch code"),
-             (["--patch-code", "12", "--whitening", "2"], "between 0 and 1")]
+             (["--patch-code", "12", "--whitening", "2"], "between 0 and 1"),
+             (["--overlap", "1"], "shapes a new patch code"),
+             (["--patch-code", "12", "--overlap", "2"], "between 0 and half the patch size \\(1\\)")]
     for flags, message in cases:
         with pytest.raises(SystemExit, match=message):
             load_recipe("train_autoencoder").main(base + flags)

@@ -272,7 +272,7 @@ def test_patch_code_chain_script_writes_the_renderer_and_the_denoiser_in_one_mod
     renderer = infd_solve.load_model(tmp_path / "renderer" / "infd")
     denoiser = infd_solve.load_model(tmp_path / "denoiser" / "infd")
     assert model.config.scheduler["prediction_type"] == "v_prediction" and model.config.z_shape == (32, 16, 16)
-    assert model.config.renderer.coord_encoding == "none"
+    assert model.config.renderer.coord_encoding == "none" and model.config.encoder.overlap == 4  # lapped
     weights = model.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in renderer.state_dict().items())
     assert all(torch.equal(v, weights[k]) for k, v in denoiser.state_dict().items() if k.startswith("unet."))

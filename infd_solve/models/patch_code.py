@@ -7,6 +7,11 @@ power of it instead). Measured by ``recipes/eval_latent_capacity.py``, such a co
 the learned encoders we could train (32 components of 8x8 patches of a 128-px image: 35.9 dB at 256 after
 bicubic upsampling).
 
+With ``overlap`` O > 0 the code is lapped: each cell's patch reaches O pixels into its neighbours, tapered by a
+sine window whose squares sum to one where patches overlap (Princen-Bradley), and the decoder adds the windowed
+patches back. A latent error then fades out across the cell border instead of stopping at it: a block code
+draws each cell's error as its own block, which is how sampled latents looked at 1024 (model card).
+
 The decoder inverts the code linearly (an image at the input size) and adds ``ch`` learned feature channels
 computed from that image; the field is ``[image, features]``. A renderer with ``rgb_skip`` then draws the
 image, sampled at each pixel, plus a learned correction, so an untrained model (zeroed ``conv_out``)
@@ -36,20 +41,22 @@ class PatchCodeConfig:
 
     kind: str = KIND
     patch: int = 8  # P: pixels per side of one patch, the downsampling factor
-    z_channels: int = 32  # K: principal components kept, 1 .. 3 P^2
+    z_channels: int = 32  # K: principal components kept, 1 .. 3 (P + 2 O)^2
     ch: int = 32  # learned feature channels of the field (beside its 3 image channels)
     num_res_blocks: int = 1  # residual blocks of the learned feature net
     resolution: int = 128  # encoder input size (informational, as the conv stack's)
+    overlap: int = 0  # O: pixels each patch reaches into its neighbours, 0 .. P/2 (0: a block code)
 
     def __post_init__(self):
         if self.kind != KIND:
             raise ValueError(f"kind must be {KIND!r} for a PatchCodeConfig, got {checks.shown(self.kind)}")
         self.patch = checks.integer(self.patch, "patch", 1)
-        values = 3 * self.patch**2
+        self.overlap = checks.integer(self.overlap, "overlap", 0, self.patch // 2)
+        side = window_size(self.patch, self.overlap)
         self.z_channels = checks.integer(self.z_channels, "z_channels", 1)
-        if self.z_channels > values:
-            raise ValueError(f"z_channels must be between 1 and 3 * patch * patch = {values} (a P x P patch has "
-                             f"{values} numbers), got {self.z_channels}")
+        if self.z_channels > 3 * side**2:
+            raise ValueError(f"z_channels must be between 1 and 3 * (patch + 2 * overlap)^2 = {3 * side**2} (a "
+                             f"windowed {side} x {side} patch has that many numbers), got {self.z_channels}")
         self.ch = checks.integer(self.ch, "ch", 32)
         if self.ch % 32:
             raise ValueError(f"ch must be a multiple of 32 for GroupNorm(32) (got {self.ch})")
@@ -78,14 +85,15 @@ class PatchCodeConfig:
 class _LinearCode(nn.Module):
     """The code's buffers. Encoder and decoder each hold a copy, so either one stands alone.
 
-    ``mean`` [3P^2], ``basis`` [K, 3P^2] (orthonormal rows), ``scale`` [K] (each component's standard
-    deviation). Patch vectors are laid out as ``F.unfold`` gives them (channel, row, column).
+    ``mean`` [3S^2], ``basis`` [K, 3S^2] (orthonormal rows), ``scale`` [K] (each component's standard
+    deviation), S = P + 2 O the windowed patch's side. Patch vectors are laid out as ``F.unfold`` gives them
+    (channel, row, column).
     """
 
     def __init__(self, config: PatchCodeConfig):
         super().__init__()
         self.config = config
-        values, k = 3 * config.patch**2, config.z_channels
+        values, k = 3 * window_size(config.patch, config.overlap)**2, config.z_channels
         # Before fitting, still a valid code: the first K values of each patch, unscaled.
         self.register_buffer("mean", torch.zeros(values))
         self.register_buffer("basis", torch.eye(k, values))
@@ -103,6 +111,27 @@ class _LinearCode(nn.Module):
             getattr(self, name).copy_(value)
 
 
+def window_size(patch: int, overlap: int) -> int:
+    return patch + 2 * overlap
+
+
+def patch_window(patch: int, overlap: int) -> torch.Tensor:
+    """[3S^2]: a 1-D window (ones, with sine tapers of 2 O pixels at both ends, so that the squares of
+    neighbouring windows sum to one) as an outer product per channel, laid out as ``F.unfold`` gives patches."""
+    taper = torch.sin(torch.pi / 2 * (torch.arange(2 * overlap, dtype=torch.float64) + 0.5) / max(2 * overlap, 1))
+    line = torch.cat([taper, torch.ones(patch - 2 * overlap, dtype=torch.float64), taper.flip(0)])
+    return torch.outer(line, line).flatten().repeat(3)
+
+
+def windowed_patches(images: torch.Tensor, patch: int, overlap: int) -> torch.Tensor:
+    """``B x 3 x H x W`` -> ``B x (H/P * W/P) x 3S^2``: each cell's patch with its overlap, windowed; the
+    image is mirrored at its border for the outer cells' overlap."""
+    if overlap:
+        images = F.pad(images, (overlap,) * 4, mode="reflect")
+    cols = F.unfold(images, window_size(patch, overlap), stride=patch).transpose(1, 2)
+    return cols * patch_window(patch, overlap).to(cols)
+
+
 class PatchEncoder(_LinearCode):
     """Image ``B x 3 x H x W`` (H, W multiples of P) -> whitened code ``B x K x H/P x W/P``."""
 
@@ -111,7 +140,7 @@ class PatchEncoder(_LinearCode):
         b, _, h, w = x.shape
         if h % p or w % p:
             raise ValueError(f"image size {(h, w)} is not divisible by patch={p}")
-        cols = F.unfold(x, p, stride=p).transpose(1, 2)  # B x patches x 3P^2
+        cols = windowed_patches(x, p, self.config.overlap)  # B x patches x 3S^2
         z = (cols - self.mean) @ self.basis.T / self.scale
         return z.transpose(1, 2).reshape(b, -1, h // p, w // p)
 
@@ -132,11 +161,21 @@ class PatchDecoder(_LinearCode):
         return self.config.field_channels
 
     def linear_decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The code's own reconstruction: the image at the input size (exact with all 3 P^2 components)."""
-        p = self.config.patch
+        """The code's own reconstruction: the image at the input size (exact with all 3 S^2 components).
+
+        The windowed patches are added back and divided by the sum of the squared windows, which is one except
+        in the outermost O pixels, where only one cell reaches."""
+        p, o = self.config.patch, self.config.overlap
         b, _, h, w = z.shape
-        cols = (z.flatten(2).transpose(1, 2) * self.scale) @ self.basis + self.mean
-        return F.fold(cols.transpose(1, 2), (h * p, w * p), p, stride=p)
+        s, size = window_size(p, o), (h * p + 2 * o, w * p + 2 * o)
+        window = patch_window(p, o).to(self.basis)
+        cols = ((z.flatten(2).transpose(1, 2) * self.scale) @ self.basis + self.mean) * window
+        image = F.fold(cols.transpose(1, 2), size, s, stride=p)
+        if o:
+            weights = (window[: s * s] ** 2)[None, :, None].expand(1, s * s, h * w)
+            image = image / F.fold(weights, size, s, stride=p)
+            image = image[..., o:-o, o:-o]
+        return image
 
     def forward(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """``checkpoint``: gradient checkpointing of the residual blocks (as :class:`FieldDecoder`)."""
@@ -150,10 +189,11 @@ class PatchDecoder(_LinearCode):
         return torch.cat([image, h], 1)
 
 
-def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: float = 1.0
+def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: float = 1.0, overlap: int = 0
                    ) -> dict[str, torch.Tensor]:
     """The top ``channels`` principal components of the ``patch`` x ``patch`` patches of ``images``
-    (``N x 3 x H x W``, H and W multiples of ``patch``): ``{"mean", "basis", "scale"}`` in float32.
+    (``N x 3 x H x W``, H and W multiples of ``patch``), each reaching ``overlap`` pixels into its neighbours
+    and windowed as the encoder windows them: ``{"mean", "basis", "scale"}`` in float32.
 
     An SVD of the centred patches in float64 (as ``recipes/eval_latent_capacity.py``); ``scale`` is each
     component's standard deviation over the patches (singular value / sqrt(n - 1)) to the power ``whitening``:
@@ -161,14 +201,15 @@ def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: f
     latent error costs what it costs in pixels), values between compromise.
     """
     patch = checks.integer(patch, "patch", 1)
-    channels = checks.integer(channels, "channels", 1, 3 * patch**2)
+    overlap = checks.integer(overlap, "overlap", 0, patch // 2)
+    channels = checks.integer(channels, "channels", 1, 3 * window_size(patch, overlap)**2)
     whitening = checks.number(whitening, "whitening", 0.0, 1.0)
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"images must be an N x 3 x H x W tensor, got {shape}")
     if images.shape[2] % patch or images.shape[3] % patch:
         raise ValueError(f"images of size {tuple(images.shape[2:])} are not divisible by patch={patch}")
-    data = F.unfold(images.double(), patch, stride=patch).transpose(1, 2).reshape(-1, 3 * patch**2)
+    data = windowed_patches(images.double(), patch, overlap).reshape(-1, 3 * window_size(patch, overlap)**2)
     n = data.shape[0]
     if n <= channels:
         raise ValueError(f"{n} patches cannot fit {channels} components: give more images")
