@@ -98,9 +98,9 @@ def check_patch_code(args, init) -> None:
     if args.overlap is not None and (not args.patch_code or init_code is not None):
         raise SystemExit(f"--overlap {args.overlap} shapes a new patch code: give --patch-code K without a "
                          "patch-code --init (an init keeps its code)")
-    if args.overlap is not None and args.patch_code and not 0 <= args.overlap <= args.input_size // args.latent // 2:
-        raise SystemExit(f"--overlap must be between 0 and half the patch size ({args.input_size // args.latent // 2}),"
-                         f" got {args.overlap}")
+    if args.overlap is not None and not 0 <= args.overlap <= args.input_size // args.latent // 2:
+        raise SystemExit(f"--overlap must be between 0 and half the patch size ({args.input_size // args.latent // 2})"
+                         f", got {args.overlap}")
     if args.whitening is not None and not 0 <= args.whitening <= 1:
         raise SystemExit(f"--whitening must be between 0 and 1, got {args.whitening}")
     if (args.patch_code or init_code is not None) and args.n_embed:

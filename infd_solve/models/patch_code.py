@@ -209,7 +209,7 @@ def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: f
         raise ValueError(f"images must be an N x 3 x H x W tensor, got {shape}")
     if images.shape[2] % patch or images.shape[3] % patch:
         raise ValueError(f"images of size {tuple(images.shape[2:])} are not divisible by patch={patch}")
-    data = windowed_patches(images.double(), patch, overlap).reshape(-1, 3 * window_size(patch, overlap)**2)
+    data = windowed_patches(images.double(), patch, overlap).flatten(0, 1)  # all patches x 3S^2
     n = data.shape[0]
     if n <= channels:
         raise ValueError(f"{n} patches cannot fit {channels} components: give more images")
