@@ -23,7 +23,9 @@ Every comparison is at the same pixel size as the truth (held-out scenes, seeds 
   (:func:`infd_solve.metrics.line_scores`: vertical / horizontal; the window-grid and streak artifacts).
 - ``seams``: :func:`infd_solve.metrics.field_seam_ratios` (lines at feature-cell borders and bends at cell
   centres) of samples at 1024 and 2048; :func:`infd_solve.metrics.latent_block_ratio` (lines at latent-cell
-  borders: a patchwork of blocks) of whole samples and of the truth at 1024.
+  borders: a patchwork of blocks) of whole samples and of the truth at 1024. The ``reconstruction`` section
+  gives the same rows for reconstructions of the first ``--seam-samples`` scenes: the autoencoder's own
+  pattern, which no denoiser can remove.
 - ``clip``: domain CLIP zero-shot top-1 over the label set on held-out crops dominated (>= 60 %) by one label.
 """
 
@@ -48,6 +50,9 @@ from infd_solve.metrics import (area_downsample, edge_gradient_ratio, field_seam
                                 gradient_magnitude, latent_block_ratio, line_scores, psnr)
 
 SECTIONS = ("reconstruction", "samples", "crispness", "seams", "clip")
+# Random streams of the seam windows at 2048, apart from each other and from the crispness crops (stream 2), so
+# that adding a section leaves the other sections' crops where they were.
+SEAM_STREAMS = {"samples": 1, "reconstructions": 3}
 PRESENT = 0.001  # a label is present in an image when it covers at least this share of its pixels
 
 
@@ -263,12 +268,11 @@ def main(argv=None):
         table |= patch_realism(model, clip, phis, scenes, others, args.crops, rng) | whole
     if "crispness" in sections:
         table |= crispness(model, phis, scenes, samples_256, np.random.default_rng([args.seed, 2]))
-    if "seams" in sections:
-        seam_rng = np.random.default_rng([args.seed, 1])  # its own stream: the other sections' crops stay as before
-        for size, ratios in field_seam_ratios(model, phis[: args.seam_samples], phis[0].shape[-1], seam_rng).items():
-            for kind, (along_x, along_y) in ratios.items():
-                table[f"{kind} ratio @{size} (along x, along y)"] = (along_x, along_y)
-        table |= block_ratios(model, phis[: args.seam_samples], scenes[: args.seam_samples])
+    n = args.seam_samples
+    groups = {"reconstructions": reconstructed_fields(model, scenes[:n]) if "reconstruction" in sections else [],
+              "samples": phis[:n] if "seams" in sections else []}
+    if any(groups.values()):
+        table |= cell_patterns(model, groups, scenes[:n], args.seed)
     if "clip" in sections:
         table |= clip_zero_shot(clip, scenes, rng)
     table["wall time (s)"] = round(time.time() - t_start, 1)
@@ -283,14 +287,31 @@ def main(argv=None):
     return table
 
 
-def block_ratios(model, phis, scenes, size: int = 1024) -> dict:
-    """The latent-cell block ratio of whole samples and of real scenes, both rendered at ``size``."""
+@torch.no_grad()
+def reconstructed_fields(model, scenes) -> list[torch.Tensor]:
+    s_in = model.config.input_size[0]
+    return [model.decode(model.encode(gt(scene, size=s_in))) for scene in scenes]
+
+
+@torch.no_grad()
+def cell_patterns(model, groups: dict, scenes, seed: int, size: int = 1024, seam_sizes=(1024, 2048)) -> dict:
+    """Field seam and bend ratios (at ``seam_sizes``) and the latent-cell block ratio at ``size`` of each group of
+    fields (``{"samples": [...], "reconstructions": [...]}``; an empty group is skipped), and the truth's block
+    ratio on ``scenes``. Sample rows keep their names of earlier runs."""
     latent = model.config.z_shape[-1]
-    samples = torch.cat([model.render_image(phi, size) for phi in phis])
-    truth = torch.stack([torch.from_numpy(render_scene(s, size=(size, size))[0]).permute(2, 0, 1) * 2 - 1
-                         for s in scenes])
-    return {f"latent-cell block ratio @{size} (along x, along y): samples": latent_block_ratio(samples, latent),
-            f"latent-cell block ratio @{size} (along x, along y): truth": latent_block_ratio(truth, latent)}
+    table = {}
+    for name, phis in groups.items():
+        if not phis:
+            continue
+        suffix = "" if name == "samples" else f": {name}"
+        rng = np.random.default_rng([seed, SEAM_STREAMS[name]])
+        for at, ratios in field_seam_ratios(model, phis, phis[0].shape[-1], rng, seam_sizes).items():
+            for kind, (along_x, along_y) in ratios.items():
+                table[f"{kind} ratio @{at} (along x, along y){suffix}"] = (along_x, along_y)
+        images = torch.cat([model.render_image(phi, size) for phi in phis])
+        table[f"latent-cell block ratio @{size} (along x, along y): {name}"] = latent_block_ratio(images, latent)
+    truth = torch.cat([gt(scene, size=size) for scene in scenes])
+    return table | {f"latent-cell block ratio @{size} (along x, along y): truth": latent_block_ratio(truth, latent)}
 
 
 @torch.no_grad()

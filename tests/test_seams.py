@@ -91,20 +91,30 @@ def test_eval_seams_measure_renders_on_the_cell_lattice():
     assert all(r >= 1 for kinds in ratios.values() for pair in kinds.values() for r in pair)
 
 
-def test_eval_default_block_ratios_of_the_shipped_model_and_the_truth():
-    """The seam section's latent-cell block ratio on the shipped model (two samples) and two held-out scenes:
-    the shipped model draws no blocks (its samples are smooth across latent cells)."""
+def test_eval_default_cell_patterns_of_the_shipped_model_and_the_truth():
+    """eval_default's latent-cell block ratio and field seam ratios on the shipped model (two samples, two
+    reconstructions) and two held-out scenes: the shipped model draws no blocks, neither its prior nor its
+    autoencoder (both are smooth across latent cells); the truth's value stands beside them."""
     import infd_solve
     from infd_solve.data import TEST_SEED_OFFSET, sample_scene
 
     from .helpers import load_recipe
 
+    eval_default = load_recipe("eval_default")
     model = infd_solve.load_model("default")
+    scenes = [sample_scene(TEST_SEED_OFFSET + i) for i in range(2)]
     z = model.sample(2, steps=5, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], progress=False)
     with torch.no_grad():
-        phis = [model.decode(z[i : i + 1]) for i in range(2)]
-        table = load_recipe("eval_default").block_ratios(model, phis, [sample_scene(TEST_SEED_OFFSET + i)
-                                                                      for i in range(2)], size=256)
-    samples = table["latent-cell block ratio @256 (along x, along y): samples"]
-    truth = table["latent-cell block ratio @256 (along x, along y): truth"]
-    assert all(1 <= r < 1.5 for r in samples) and all(1 <= r < 3 for r in truth)
+        groups = {"samples": [model.decode(z[i : i + 1]) for i in range(2)],
+                  "reconstructions": eval_default.reconstructed_fields(model, scenes)}
+    table = eval_default.cell_patterns(model, groups, scenes, seed=0, size=256, seam_sizes=(256, 512))
+    block = "latent-cell block ratio @256 (along x, along y): "
+    assert all(1 <= r < 1.5 for name in ("samples", "reconstructions") for r in table[block + name])
+    assert all(1 <= r < 3 for r in table[block + "truth"])
+    for suffix in ("", ": reconstructions"):  # sample rows keep their old names
+        assert all(1 <= r < 1.3 for r in table[f"seam ratio @512 (along x, along y){suffix}"])
+        assert len(table[f"bend ratio @256 (along x, along y){suffix}"]) == 2
+    without_samples = eval_default.cell_patterns(model, groups | {"samples": []}, scenes, seed=0, size=256,
+                                                 seam_sizes=(256,))
+    assert "seam ratio @256 (along x, along y)" not in without_samples
+    assert without_samples[block + "reconstructions"] == table[block + "reconstructions"]
