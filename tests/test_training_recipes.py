@@ -265,7 +265,7 @@ def test_training_on_a_missing_device_is_refused(autoencoder, tmp_path):
 def test_patch_code_chain_script_writes_the_renderer_and_the_denoiser_in_one_model(tmp_path):
     """recipes/train_patch_code.sh, time-boxed to seconds on the CPU: the complete model is the trained
     renderer's autoencoder with the denoiser's EMA weights, and it samples."""
-    env = {**os.environ, "DEVICE": "cpu", "SCENES": "8"}
+    env = {**os.environ, "DEVICE": "cpu", "SCENES": "8", "REFINE": "2"}
     subprocess.run(["bash", str(RECIPES / "train_patch_code.sh"), str(tmp_path), "0.02"], env=env, check=True,
                    capture_output=True, timeout=600)
     model = infd_solve.load_model(tmp_path / "model" / "infd")
@@ -273,6 +273,7 @@ def test_patch_code_chain_script_writes_the_renderer_and_the_denoiser_in_one_mod
     denoiser = infd_solve.load_model(tmp_path / "denoiser" / "infd")
     assert model.config.scheduler["prediction_type"] == "v_prediction" and model.config.z_shape == (32, 16, 16)
     assert model.config.renderer.coord_encoding == "none" and model.config.encoder.overlap == 4  # lapped
+    assert model.config.encoder.refined and model.config.decoder.refined
     weights = model.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in renderer.state_dict().items())
     assert all(torch.equal(v, weights[k]) for k, v in denoiser.state_dict().items() if k.startswith("unet."))

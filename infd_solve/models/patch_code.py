@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import checks
 
@@ -46,6 +47,7 @@ class PatchCodeConfig:
     num_res_blocks: int = 1  # residual blocks of the learned feature net
     resolution: int = 128  # encoder input size (informational, as the conv stack's)
     overlap: int = 0  # O: pixels each patch reaches into its neighbours, 0 .. P/2 (0: a block code)
+    refined: bool = False  # analysis and synthesis trained apart (refine_patch_code), not the PCA's transposes
 
     def __post_init__(self):
         if self.kind != KIND:
@@ -62,6 +64,8 @@ class PatchCodeConfig:
             raise ValueError(f"ch must be a multiple of 32 for GroupNorm(32) (got {self.ch})")
         self.num_res_blocks = checks.integer(self.num_res_blocks, "num_res_blocks", 0)
         self.resolution = checks.integer(self.resolution, "resolution", 1)
+        if not isinstance(self.refined, bool):
+            raise ValueError(f"refined must be true or false, got {checks.shown(self.refined)}")
         if self.resolution % self.patch:
             raise ValueError(f"resolution must be divisible by patch={self.patch}, got {self.resolution}")
 
@@ -85,9 +89,10 @@ class PatchCodeConfig:
 class _LinearCode(nn.Module):
     """The code's buffers. Encoder and decoder each hold a copy, so either one stands alone.
 
-    ``mean`` [3S^2], ``basis`` [K, 3S^2] (orthonormal rows), ``scale`` [K] (each component's standard
-    deviation), S = P + 2 O the windowed patch's side. Patch vectors are laid out as ``F.unfold`` gives them
-    (channel, row, column).
+    ``mean`` [3S^2], ``basis`` [K, 3S^2] (the analysis: orthonormal rows as fitted), ``scale`` [K] (each
+    component's standard deviation), S = P + 2 O the windowed patch's side; a refined code adds ``synthesis``
+    [K, 3S^2] (the decoder's rows; otherwise ``scale * basis``). Patch vectors are laid out as ``F.unfold``
+    gives them (channel, row, column).
     """
 
     def __init__(self, config: PatchCodeConfig):
@@ -98,10 +103,20 @@ class _LinearCode(nn.Module):
         self.register_buffer("mean", torch.zeros(values))
         self.register_buffer("basis", torch.eye(k, values))
         self.register_buffer("scale", torch.ones(k))
+        if config.refined:
+            self.register_buffer("synthesis", torch.eye(k, values))
+
+    @property
+    def synthesis_rows(self) -> torch.Tensor:
+        return self.synthesis if self.config.refined else self.scale[:, None] * self.basis
 
     def set_code(self, code: dict) -> None:
-        """Load a fitted code (:func:`fit_patch_code`'s dict) into the buffers."""
-        values = {name: torch.as_tensor(code[name]).detach() for name in ("mean", "basis", "scale")}
+        """Load a fitted or refined code (:func:`fit_patch_code`'s or :func:`refine_patch_code`'s dict)."""
+        names = ("mean", "basis", "scale") + (("synthesis",) if self.config.refined else ())
+        if ("synthesis" in code) != self.config.refined:
+            raise ValueError("a refined code (one with synthesis rows) needs a config with refined=True, and "
+                             f"refined=True needs one; this config has refined={self.config.refined}")
+        values = {name: torch.as_tensor(code[name]).detach() for name in names}
         for name, value in values.items():  # all checked before any is copied: no half-loaded code
             if tuple(value.shape) != tuple(getattr(self, name).shape):
                 raise ValueError(f"code {name} has shape {tuple(value.shape)}, this {type(self).__name__} needs "
@@ -132,17 +147,40 @@ def windowed_patches(images: torch.Tensor, patch: int, overlap: int) -> torch.Te
     return cols * patch_window(patch, overlap).to(cols)
 
 
+def encode_patches(images: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor, patch: int,
+                   overlap: int) -> torch.Tensor:
+    """``B x 3 x H x W`` -> ``B x K x H/P x W/P``: each windowed patch, centred, on the analysis rows, scaled."""
+    b, _, h, w = images.shape
+    z = (windowed_patches(images, patch, overlap) - mean) @ basis.T / scale
+    return z.transpose(1, 2).reshape(b, -1, h // patch, w // patch)
+
+
+def decode_patches(z: torch.Tensor, mean: torch.Tensor, synthesis: torch.Tensor, patch: int, overlap: int
+                   ) -> torch.Tensor:
+    """``B x K x h x w`` -> ``B x 3 x hP x wP``: each cell's patch (``z @ synthesis + mean``) windowed and added
+    back, divided by the sum of the squared windows, which is one except in the outermost O pixels, where only
+    one cell reaches."""
+    _, _, h, w = z.shape
+    s, size = window_size(patch, overlap), (h * patch + 2 * overlap, w * patch + 2 * overlap)
+    window = patch_window(patch, overlap).to(synthesis)
+    cols = (z.flatten(2).transpose(1, 2) @ synthesis + mean) * window
+    image = F.fold(cols.transpose(1, 2), size, s, stride=patch)
+    if overlap:
+        weights = (window[: s * s] ** 2)[None, :, None].expand(1, s * s, h * w)
+        image = image / F.fold(weights, size, s, stride=patch)
+        image = image[..., overlap:-overlap, overlap:-overlap]
+    return image
+
+
 class PatchEncoder(_LinearCode):
     """Image ``B x 3 x H x W`` (H, W multiples of P) -> whitened code ``B x K x H/P x W/P``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.config.patch
-        b, _, h, w = x.shape
+        h, w = x.shape[-2:]
         if h % p or w % p:
             raise ValueError(f"image size {(h, w)} is not divisible by patch={p}")
-        cols = windowed_patches(x, p, self.config.overlap)  # B x patches x 3S^2
-        z = (cols - self.mean) @ self.basis.T / self.scale
-        return z.transpose(1, 2).reshape(b, -1, h // p, w // p)
+        return encode_patches(x, self.mean, self.basis, self.scale, p, self.config.overlap)
 
 
 class PatchDecoder(_LinearCode):
@@ -163,19 +201,8 @@ class PatchDecoder(_LinearCode):
     def linear_decode(self, z: torch.Tensor) -> torch.Tensor:
         """The code's own reconstruction: the image at the input size (exact with all 3 S^2 components).
 
-        The windowed patches are added back and divided by the sum of the squared windows, which is one except
-        in the outermost O pixels, where only one cell reaches."""
-        p, o = self.config.patch, self.config.overlap
-        b, _, h, w = z.shape
-        s, size = window_size(p, o), (h * p + 2 * o, w * p + 2 * o)
-        window = patch_window(p, o).to(self.basis)
-        cols = ((z.flatten(2).transpose(1, 2) * self.scale) @ self.basis + self.mean) * window
-        image = F.fold(cols.transpose(1, 2), size, s, stride=p)
-        if o:
-            weights = (window[: s * s] ** 2)[None, :, None].expand(1, s * s, h * w)
-            image = image / F.fold(weights, size, s, stride=p)
-            image = image[..., o:-o, o:-o]
-        return image
+        See :func:`decode_patches`."""
+        return decode_patches(z, self.mean, self.synthesis_rows, self.config.patch, self.config.overlap)
 
     def forward(self, z: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """``checkpoint``: gradient checkpointing of the residual blocks (as :class:`FieldDecoder`)."""
@@ -220,8 +247,45 @@ def fit_patch_code(images: torch.Tensor, patch: int, channels: int, whitening: f
     return {"mean": mean.float(), "basis": basis[:channels].float(), "scale": scale.float()}
 
 
+def refine_patch_code(code: dict, images: torch.Tensor, patch: int, overlap: int = 0, steps: int = 4000,
+                      flatness: float = 0.01, batch_size: int = 32, lr: float = 1e-4, seed: int = 0,
+                      progress: bool = True) -> dict[str, torch.Tensor]:
+    """Train a fitted code's analysis rows (``basis``) and its synthesis rows apart, from the PCA's, on
+    ``images`` (``N x 3 x H x W``, trained on their device): ``fit_patch_code``'s dict plus ``synthesis``, for
+    ``refined=True``, on the CPU.
+
+    The loss is the reconstruction's mean squared error plus ``flatness`` times how far two per-position
+    profiles within a cell (:func:`infd_solve.metrics.cell_profile`) are from flat: the reconstruction's, and
+    that of decoded latent noise (what a sampled latent's error looks like). A truncated code, lapped or not,
+    keeps detail better at some positions of its cells than at others, a faint grid; the PCA does not see it.
+    """
+    from ..metrics import cell_profile
+
+    steps = checks.integer(steps, "steps", 1)
+    flatness = checks.number(flatness, "flatness", 0.0)
+    generator, device = torch.Generator().manual_seed(seed), images.device  # the CPU draws: the same on any device
+    mean, scale, basis = (code[name].detach().to(device) for name in ("mean", "scale", "basis"))
+    synthesis = (scale[:, None] * basis).requires_grad_(True)
+    basis = basis.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([basis, synthesis], lr=lr)
+    unflat = lambda profile: (profile / profile.mean() - 1).square().mean()
+    latent = (images.shape[-2] // patch, images.shape[-1] // patch)
+    for _ in tqdm(range(steps), desc="refining the patch code", disable=not progress):
+        x = images[torch.randint(0, len(images), (batch_size,), generator=generator).to(device)]
+        rec = decode_patches(encode_patches(x, mean, basis, scale, patch, overlap), mean, synthesis, patch, overlap)
+        noise = decode_patches(torch.randn(8, len(scale), *latent, generator=generator).to(device),
+                               torch.zeros_like(mean), synthesis, patch, overlap)
+        profiles = cell_profile(rec, patch) + cell_profile(noise, patch)
+        loss = F.mse_loss(rec, x) + flatness * sum(unflat(profile) for profile in profiles)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {name: value.detach().cpu() for name, value in
+            {"mean": mean, "basis": basis, "scale": scale, "synthesis": synthesis}.items()}
+
+
 def set_patch_code(model, code: dict) -> None:
-    """Load a fitted code into a patch-code model's encoder and decoder."""
+    """Load a fitted or refined code into a patch-code model's encoder and decoder."""
     if getattr(model.config.encoder, "kind", None) != KIND:
         raise ValueError("set_patch_code needs a model whose autoencoder is a patch code")
     model.encoder.set_code(code)
