@@ -108,23 +108,17 @@ def seam_ratio(images: torch.Tensor, cell: int, order: int = 1) -> tuple[float, 
     cell = int(cell)
     if min(images.shape[2:]) <= cell + order - 1:
         raise ValueError(f"images of {tuple(images.shape[2:])} pixels hold no whole cell of {cell} pixels")
-    ratio = lambda per_position: float(per_position.max() / per_position.median().clamp_min(1e-12))
-    along_x, along_y = cell_profile(images.double(), cell, order)
-    return ratio(along_x), ratio(along_y)
 
-
-def cell_profile(images: torch.Tensor, cell: int, order: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean |difference| per position within the cell, along x and along y (two ``[cell]`` tensors, in the
-    images' dtype, differentiable): what :func:`seam_ratio` compares, e.g. to train a code to a flat one."""
-
-    def along(x: torch.Tensor) -> torch.Tensor:  # differences along the last axis, per position within the cell
+    def along(x: torch.Tensor) -> float:  # differences along the last axis, per position within the cell
         per_step = torch.diff(x, n=order, dim=-1).abs().mean(dim=(0, 1, 2))
         position = (torch.arange(1, per_step.numel() + 1) % cell).to(per_step.device)
-        per_position = torch.zeros(cell, dtype=per_step.dtype, device=per_step.device).index_add(0, position,
-                                                                                                 per_step)
-        return per_position / torch.bincount(position, minlength=cell).to(per_position)
+        per_position = torch.zeros(cell, dtype=torch.float64, device=per_step.device)
+        per_position.index_add_(0, position, per_step)
+        per_position /= torch.bincount(position, minlength=cell).to(per_position)
+        return float(per_position.max() / per_position.median().clamp_min(1e-12))
 
-    return along(images), along(images.transpose(-1, -2))
+    x = images.double()
+    return along(x), along(x.transpose(-1, -2))
 
 
 def segmentation_scores(counts, names) -> dict:

@@ -18,11 +18,11 @@ with the adaptive weight of eq. 2 (GAN from ``--gan-start`` on).
 the top K principal components of P x P pixel patches, P = input size / latent, whitened (``--whitening``),
 lapped with ``--overlap`` (each patch reaches that many pixels into its neighbours), fitted before training on
 the encoder inputs of the first 32 batches, and with ``--refine-code STEPS`` trained further on 8 x as many
-(``refine_patch_code``: a lower error, and no faint grid of the cells). The decoder adds ``--ch`` learned
+(``refine_patch_code``: a lower error, and a fainter grid of the cells). The decoder adds ``--ch`` learned
 feature channels to the code's linear decode, and the renderer draws that image (sampled with
 ``--feature-sampling``, default bicubic here) plus what it learns, from zero: the untrained model reconstructs
-exactly like the linear code. No quantizer. An
-``--init`` that is a patch code keeps its code (and its sizes) whether or not the flag is given.
+exactly like the linear code. No quantizer. An ``--init`` that is a patch code keeps its code (and its sizes)
+whether or not the flag is given.
 
 Writes ``OUT/infd`` (an autoencoder-only model, loadable with ``infd_solve.load_model``), ``OUT/state.pt``
 (resume point, written atomically every ``--save-every`` steps), ``OUT/losses.png`` and ``OUT/train_log.json``.
@@ -157,7 +157,7 @@ def parse_args(argv=None):
                         "drawing a block (default 0: a block code)")
     p.add_argument("--refine-code", type=int, metavar="STEPS",
                    help="with a new --patch-code: then train its analysis and synthesis apart for STEPS steps, for "
-                        "a lower error and the same detail at every position in a cell (default: the PCA as fitted)")
+                        "a lower error and more even detail across a cell (default: the PCA as fitted)")
     p.add_argument("--feature-sampling", choices=list(FEATURE_SAMPLING),
                    help="renderer feature lookup (nearest: official CLIF, the default without --init; bicubic "
                         "for a new patch code). Default with --init: the init's")

@@ -3,8 +3,8 @@
 # in one time-boxed run, e.g. on a lent GPU:
 #   1. the code: 32 principal components of 8x8 patches of the 128-px input, lapped (each patch reaches 4 px
 #      into its neighbours, so a sampled latent's error does not draw the cells as blocks), half whitened;
-#      fitted, then refined for REFINE steps (analysis and synthesis apart: a lower error and no faint grid of
-#      the cells; 0: the PCA as fitted); its renderer without the position-in-cell input (it draws lines at
+#      fitted, then refined for REFINE steps (analysis and synthesis apart: a lower error and a fainter grid
+#      of the cells; 0: the PCA as fitted); its renderer without the position-in-cell input (it draws lines at
 #      the field's cells: model card);
 #   2. at the same time, on the same latents: the renderer (L1 + perceptual + detail + adversarial, encoder
 #      frozen) and the v-prediction denoiser, each stopped after MINUTES with a complete model;

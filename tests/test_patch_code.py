@@ -224,27 +224,24 @@ def linear_code(code: dict, patch: int, size: int, overlap: int) -> tuple[PatchE
     return encoder, decoder
 
 
-def test_a_refined_code_reconstructs_better_and_flatter(one_thread):
-    """Refining a lapped PCA code (analysis and synthesis trained apart) lowers the held-out error; its flatness
-    term makes decoded latent noise and reconstructions the same at every position in a cell (the PCA's noise is
-    not, nor are the reconstructions of a code refined for the error alone: a faint grid)."""
+def test_a_refined_code_reconstructs_better_and_draws_latent_noise_flatter(one_thread):
+    """Refining a lapped PCA code (analysis and synthesis trained apart) lowers the held-out error, and decoded
+    latent noise (as a sampler leaves it) stands out less at the cell borders than the PCA's."""
     patch, size, overlap = 8, 32, 4
     train = torch.cat([scene_tensor(i, size) for i in range(64)])
     test = torch.cat([scene_tensor(s, size) for s in range(500, 516)])
     fitted = fit_patch_code(train, patch, 16, whitening=0.5, overlap=overlap)
+    refined = refine_patch_code(fitted, train, patch, overlap, steps=300, lr=1e-3, progress=False)
     scores = {}
-    for name, flatness in (("fitted", None), ("mse only", 0.0), ("flat", 0.05)):
-        code = fitted if flatness is None else refine_patch_code(fitted, train, patch, overlap, steps=300,
-                                                                 flatness=flatness, lr=1e-3, progress=False)
+    for name, code in (("fitted", fitted), ("refined", refined)):
         encoder, decoder = linear_code(code, patch, size, overlap)
         with torch.no_grad():
             rec = decoder.linear_decode(encoder(test))
             noise = decoder.linear_decode(torch.randn(16, 16, 4, 4, generator=torch.Generator().manual_seed(0)))
-        scores[name] = (float(psnr(rec, test).mean()), max(seam_ratio(noise, patch)), max(seam_ratio(rec, patch)))
-    assert scores["mse only"][0] > scores["fitted"][0] + 0.5
-    assert scores["flat"][0] > scores["fitted"][0]
-    assert scores["flat"][1] < scores["fitted"][1] - 0.15  # decoded noise
-    assert scores["flat"][2] < scores["mse only"][2] - 0.05  # reconstructions
+        scores[name] = (float(psnr(rec, test).mean()), max(seam_ratio(noise, patch)))
+    assert scores["refined"][0] > scores["fitted"][0] + 0.5
+    assert scores["refined"][1] < scores["fitted"][1] - 0.1
+    assert torch.equal(refined["mean"], fitted["mean"]) and torch.equal(refined["scale"], fitted["scale"])
 
 
 def test_a_refined_code_is_saved_with_its_synthesis(tmp_path, one_thread):
