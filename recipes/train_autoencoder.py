@@ -94,15 +94,11 @@ def check_patch_code(args, init) -> None:
     if init_code is not None and init.config.input_size != (args.input_size, args.input_size):
         raise SystemExit(f"--init {args.init} is a patch code for {init.config.input_size[0]}-px input: pass "
                          f"--input-size {init.config.input_size[0]} --latent {init.config.z_shape[1]}")
-    if args.whitening is not None and (not args.patch_code or init_code is not None):
-        raise SystemExit(f"--whitening {args.whitening} shapes a new patch code: give --patch-code K without a "
-                         "patch-code --init (an init keeps its code)")
-    if args.overlap is not None and (not args.patch_code or init_code is not None):
-        raise SystemExit(f"--overlap {args.overlap} shapes a new patch code: give --patch-code K without a "
-                         "patch-code --init (an init keeps its code)")
-    if args.refine_code is not None and (not args.patch_code or init_code is not None):
-        raise SystemExit(f"--refine-code {args.refine_code} trains a new patch code: give --patch-code K without a "
-                         "patch-code --init (an init keeps its code)")
+    for name, does in (("whitening", "shapes"), ("overlap", "shapes"), ("refine_code", "trains")):
+        value = getattr(args, name)
+        if value is not None and (not args.patch_code or init_code is not None):
+            raise SystemExit(f"--{name.replace('_', '-')} {value} {does} a new patch code: give --patch-code K "
+                             "without a patch-code --init (an init keeps its code)")
     if args.refine_code is not None and args.refine_code < 1:
         raise SystemExit(f"--refine-code must be a positive number of steps, got {args.refine_code}")
     if args.overlap is not None and not 0 <= args.overlap <= args.input_size // args.latent // 2:
