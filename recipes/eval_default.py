@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import infd_solve
+from infd_solve.baselines import bicubic
 from infd_solve.clip import load_clip, zero_shot
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import atomic_path, save_figure
@@ -70,10 +71,6 @@ def aligned_box(rng, res, pixels):
     """A ``pixels``-wide window on the pixel lattice of a ``res``-wide canvas."""
     i, j = rng.integers(0, res - pixels + 1, size=2)
     return (j / res, i / res, (j + pixels) / res, (i + pixels) / res)
-
-
-def bicubic(image: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(image, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 @torch.no_grad()
