@@ -65,14 +65,19 @@ def cell_pattern(decoded: torch.Tensor, latent_size: int) -> dict[str, tuple[flo
             "field seam ratio @1024": seam_ratio(image[..., 64:-64, 64:-64], field_cell)}
 
 
+def load_patch_code(path: str):
+    model = infd_solve.load_model(path, device="cpu").float()
+    if not hasattr(model.decoder, "linear_decode"):
+        raise SystemExit(f"--models {path}: a {model.config.encoder.kind!r} autoencoder has no linear decode; "
+                         "only patch codes (train_autoencoder.py --patch-code) are measured")
+    return model
+
+
 @torch.no_grad()
 def model_code_scores(model, seeds: list[int], test_256: torch.Tensor, noise_rms: float, seed: int = 0) -> dict:
     """A trained patch code's linear decode of the held-out scenes: PSNR at its input size and bicubic at 256, its
     cell pattern at 1024, and the block ratio of latents plus noise whose decoded error has RMS ``noise_rms``."""
     decoder = model.decoder
-    if not hasattr(decoder, "linear_decode"):
-        raise SystemExit(f"--models: {model.config.encoder.kind!r} autoencoders have no linear decode; "
-                         "only patch codes (train_autoencoder.py --patch-code) are measured")
     size = model.config.input_size[0]
     test = torch.cat([scene_tensor(s, size) for s in seeds])
     z = model.encode(test)
@@ -117,11 +122,10 @@ def pca_codes(args, seeds: list[int], test_256: torch.Tensor) -> dict:
     return table
 
 
-def trained_codes(args, seeds: list[int], test_256: torch.Tensor) -> dict:
+def trained_codes(models: dict, seeds: list[int], test_256: torch.Tensor, noise_rms: float) -> dict:
     rows = {}
-    for path in args.models:
-        model = infd_solve.load_model(path, device="cpu").float()
-        rows[path] = model_code_scores(model, seeds, test_256, args.noise_rms)
+    for path, model in models.items():
+        rows[path] = model_code_scores(model, seeds, test_256, noise_rms)
         print(path, {k: tuple(round(x, 2) for x in v) if isinstance(v, tuple) else round(v, 2)
                      for k, v in rows[path].items()})
     # the truth's patterns at the last model's cells, and those of a perfect code's decode: the truth at the
@@ -139,13 +143,14 @@ def trained_codes(args, seeds: list[int], test_256: torch.Tensor) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    models = {path: load_patch_code(path) for path in args.models}  # refused before any work
     seeds = [TEST_SEED_OFFSET + 10_000 + i for i in range(args.scenes)]  # eval_default's held-out scenes
     test_256 = torch.cat([scene_tensor(s, 256) for s in seeds])
     test_64 = torch.cat([scene_tensor(s, 64) for s in seeds])
     table = {"bicubic from 64 PSNR @256 (dB)": float(psnr(bicubic(test_64, 256), test_256).mean())}
     table |= pca_codes(args, seeds, test_256)
-    if args.models:
-        table |= trained_codes(args, seeds, test_256)
+    if models:
+        table |= trained_codes(models, seeds, test_256, args.noise_rms)
     for key in [k for k in table if k.startswith("bicubic")]:
         print(f"{key}: {table[key]:.2f}")
     with atomic_path(args.out) as tmp:

@@ -3,6 +3,7 @@ code with every component of a patch is lossless."""
 
 import json
 
+import pytest
 import torch
 
 from infd_solve import INFDModel
@@ -51,3 +52,10 @@ def test_trained_patch_codes_are_measured_by_their_linear_decode(tmp_path, one_t
     # along x: 4 cells of 256 px, whose borders along y may meet a horizon by chance (the truth's reads 4 there)
     assert lossy["block ratio @1024"][0] > lossless["block ratio @1024"][0] + 1
     assert lossy["block ratio @1024, noisy latent"][0] > lossless["block ratio @1024, noisy latent"][0] + 1
+
+
+def test_a_model_without_a_patch_code_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "codes.json"
+    with pytest.raises(SystemExit, match="'conv_stack' autoencoder has no linear decode"):
+        load_recipe("eval_latent_capacity").main(["--patches", "--models", "default", "--out", str(out)])
+    assert not out.exists()
