@@ -130,7 +130,8 @@ def trained_codes(models: dict, seeds: list[int], test_256: torch.Tensor, noise_
                      for k, v in rows[path].items()})
     # the truth's patterns at the last model's cells, and those of a perfect code's decode: the truth at the
     # input size, bicubically upsampled (what no renderer that only interpolates can go below)
-    latent, size = model.config.z_shape[-1], model.config.input_size[0]
+    last = list(models.values())[-1].config
+    latent, size = last.z_shape[-1], last.input_size[0]
     truth = torch.cat([scene_tensor(s, CELL_SIZE) for s in seeds])
     rows["truth"] = {"block ratio @1024": latent_block_ratio(truth, latent),
                      "field seam ratio @1024": seam_ratio(truth[..., 64:-64, 64:-64], CELL_SIZE // size)}

@@ -119,8 +119,7 @@ def fit_code(model, loader, whitening: float = 1.0, refine_steps: int | None = N
     code = fit_patch_code(images, config.patch, config.z_channels, whitening, config.overlap)
     if refine_steps:
         images = torch.cat([images] + [next(loader)[0] for _ in range(7 * batches)])
-        device = next(model.parameters()).device
-        code = refine_patch_code(code, images.to(device), config.patch, config.overlap, refine_steps)
+        code = refine_patch_code(code, images.to(model.device), config.patch, config.overlap, refine_steps)
     set_patch_code(model, code)
     with torch.no_grad():
         model.renderer.conv_out.weight.zero_()
