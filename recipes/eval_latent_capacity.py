@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import infd_solve
 from infd_solve.baselines import bicubic
+from infd_solve.checkpoints import CheckpointError
 from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
 from infd_solve.io import atomic_path
 from infd_solve.metrics import latent_block_ratio, psnr, seam_ratio
@@ -66,7 +67,10 @@ def cell_pattern(decoded: torch.Tensor, latent_size: int) -> dict[str, tuple[flo
 
 
 def load_patch_code(path: str):
-    model = infd_solve.load_model(path, device="cpu").float()
+    try:
+        model = infd_solve.load_model(path, device="cpu").float()
+    except CheckpointError as error:
+        raise SystemExit(f"--models {path}: {error}") from None
     if not hasattr(model.decoder, "linear_decode"):
         raise SystemExit(f"--models {path}: a {model.config.encoder.kind!r} autoencoder has no linear decode; "
                          "only patch codes (train_autoencoder.py --patch-code) are measured")

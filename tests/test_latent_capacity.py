@@ -54,8 +54,10 @@ def test_trained_patch_codes_are_measured_by_their_linear_decode(tmp_path, one_t
     assert lossy["block ratio @1024, noisy latent"][0] > lossless["block ratio @1024, noisy latent"][0] + 1
 
 
-def test_a_model_without_a_patch_code_is_refused_before_any_work(tmp_path):
+def test_a_missing_model_or_one_without_a_patch_code_is_refused_before_any_work(tmp_path):
     out = tmp_path / "codes.json"
     with pytest.raises(SystemExit, match="'conv_stack' autoencoder has no linear decode"):
         load_recipe("eval_latent_capacity").main(["--patches", "--models", "default", "--out", str(out)])
+    with pytest.raises(SystemExit, match=f"--models {tmp_path}/none: no model at"):
+        load_recipe("eval_latent_capacity").main(["--patches", "--models", str(tmp_path / "none"), "--out", str(out)])
     assert not out.exists()
