@@ -11,7 +11,9 @@ Every comparison is at the same pixel size as the truth (held-out scenes, seeds 
   per scene: the renderer is local, so a window rendered alone is that window of the full render), beside
   bicubic upsampling of the 64-pixel truth (and of the input-size truth) to 256 on the same scenes: the ceiling
   of every inverse problem; scale consistency (a quarter-side box at 1024 density, area-downsampled, vs the
-  same box at 256); the gradient ratio of reconstructions to the truth at 1024 and 2048 (same windows).
+  same box at 256); the gradient ratio of reconstructions to the truth at 1024 and 2048 (same windows); thin
+  lines the renderer invents at 1024 (:func:`infd_solve.metrics.spurious_line_share`: wavy contours), beside
+  bicubic's from the input size; gradient concentration at 256 (below).
 - ``samples``: unconditional samples (``--steps`` DDIM steps). Patch realism at 1024: Fréchet distance in the
   domain CLIP's features between 64x64 crops of samples and of real scenes, the baseline "render at the input
   size, bicubic to 1024", and the real-vs-real floor (crops of two disjoint sets of real scenes); whole-image
@@ -19,7 +21,9 @@ Every comparison is at the same pixel size as the truth (held-out scenes, seeds 
   real scenes, both through the judge at 256).
 - ``crispness``: mean gradient magnitude of samples over that of real scenes in 128x128 windows at 1024 and
   2048; the canvas frame (:func:`infd_solve.metrics.edge_gradient_ratio` of 16-pixel bands along the four
-  edges at 1024 and 2048, samples and truth); straight lines across whole samples at 256
+  edges at 1024 and 2048, samples and truth); :func:`infd_solve.metrics.gradient_concentration` of whole samples
+  and real scenes at 256 (sharp edges between flat regions score high; mottling, noise and blur low); straight
+  lines across whole samples at 256
   (:func:`infd_solve.metrics.line_scores`: vertical / horizontal; the window-grid and streak artifacts).
 - ``seams``: :func:`infd_solve.metrics.field_seam_ratios` (lines at feature-cell borders and bends at cell
   centres) of samples at 1024 and 2048; :func:`infd_solve.metrics.latent_block_ratio` (lines at latent-cell
@@ -48,7 +52,8 @@ from infd_solve.clip import load_clip, zero_shot
 from infd_solve.data import LABELS, TEST_SEED_OFFSET, label_captions, render_scene, sample_scene
 from infd_solve.io import atomic_path, save_figure
 from infd_solve.metrics import (area_downsample, edge_gradient_ratio, field_seam_ratios, frechet_distance,
-                                gradient_magnitude, latent_block_ratio, line_scores, psnr)
+                                gradient_concentration, gradient_magnitude, latent_block_ratio, line_scores, psnr,
+                                spurious_line_share)
 
 SECTIONS = ("reconstruction", "samples", "crispness", "seams", "clip")
 # Random streams of the seam windows at 2048, apart from each other and from the crispness crops (stream 2), so
@@ -78,11 +83,15 @@ def reconstruction(model, scenes, rng) -> dict:
     s_in = model.config.input_size[0]
     values: dict[str, list] = {}
     add = lambda key, value: values.setdefault(key, []).append(float(value))
+    windows = []  # (reconstruction, truth, bicubic) at 1024
     for scene in tqdm(scenes, desc="reconstruction"):
         phi = model.decode(model.encode(gt(scene, size=s_in)))
         truth = gt(scene, size=256)
         add(f"reconstruction PSNR @{s_in} (dB)", psnr(model.render(phi, s_in), gt(scene, size=s_in)))
-        add("reconstruction PSNR @256 (dB)", psnr(model.render(phi, 256), truth))
+        ours = model.render(phi, 256)
+        add("reconstruction PSNR @256 (dB)", psnr(ours, truth))
+        add("gradient concentration @256: reconstruction", gradient_concentration(ours.clamp(-1, 1)))
+        add("gradient concentration @256: truth", gradient_concentration(truth))
         add("bicubic from 64 PSNR @256 (dB)", psnr(bicubic(gt(scene, size=64), 256), truth))
         if s_in != 64:
             add(f"bicubic from {s_in} PSNR @256 (dB)", psnr(bicubic(gt(scene, size=s_in), 256), truth))
@@ -93,13 +102,26 @@ def reconstruction(model, scenes, rng) -> dict:
             psnr(area_downsample(model.render(phi, 256, box), 4), model.render(phi, 64, box)))
         for size in (1024, 2048):
             window = aligned_box(rng, size, 128)
-            add(f"reconstruction gradient @{size}", gradient_magnitude(model.render(phi, 128, window)))
-            add(f"truth gradient @{size}", gradient_magnitude(gt(scene, window, 128)))
-    table = {k: float(np.mean(v)) for k, v in values.items() if "gradient" not in k}
+            ours, truth = model.render(phi, 128, window), gt(scene, window, 128)
+            add(f"reconstruction gradient @{size}", gradient_magnitude(ours))
+            add(f"truth gradient @{size}", gradient_magnitude(truth))
+            if size == 1024:
+                windows.append((ours.clamp(-1, 1), truth, crop(bicubic(gt(scene, size=s_in), size), window)))
+    table = {k: float(np.mean(v)) for k, v in values.items() if "reconstruction gradient" not in k
+             and "truth gradient" not in k}
     for size in (1024, 2048):
         table[f"reconstruction / truth gradient @{size}"] = (np.mean(values[f"reconstruction gradient @{size}"])
                                                              / np.mean(values[f"truth gradient @{size}"]))
+    ours, truth, classical = (torch.cat(w) for w in zip(*windows))
+    table[f"invented thin lines @1024, share of the truth's: reconstruction / bicubic from {s_in}"] = (
+        spurious_line_share(ours, truth), spurious_line_share(classical, truth))
     return table
+
+
+def crop(image: torch.Tensor, box) -> torch.Tensor:
+    """The pixels of ``image`` (the whole canvas) inside ``box`` (fractions on its pixel lattice)."""
+    h, w = image.shape[-2:]
+    return image[..., round(box[1] * h) : round(box[3] * h), round(box[0] * w) : round(box[2] * w)]
 
 
 @torch.no_grad()
@@ -187,6 +209,8 @@ def crispness(model, phis, scenes, samples_256, rng, frame_samples: int = 16) ->
         truth = frame([b for s in scenes[:frame_samples] for b in edge_bands(lambda box, hw: gt(s, box, hw), size)])
         table[f"canvas frame @{size}: outer 2 px / inner gradient, samples / truth"] = (ours, truth)
     real = torch.cat([gt(s) for s in scenes])
+    table["gradient concentration @256: samples / truth"] = (float(gradient_concentration(samples_256.clamp(-1, 1)).mean()),
+                                                              float(gradient_concentration(real).mean()))
     table["lines across images @256 (vertical, horizontal): samples"] = line_scores(samples_256)
     table["lines across images @256 (vertical, horizontal): truth"] = line_scores(real)
     return table

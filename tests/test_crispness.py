@@ -1,5 +1,7 @@
 """The crispness and artifact measures of ``recipes/eval_default.py`` (gradient magnitude, the canvas frame, long
-lines) and the renderer's padding at the canvas edge, which removes the frame zero padding draws."""
+lines, invented thin lines, gradient concentration) and the renderer's padding at the canvas edge, which removes the frame zero padding draws."""
+
+import math
 
 import pytest
 import torch
@@ -7,7 +9,9 @@ import torch.nn.functional as F
 
 import infd_solve
 from infd_solve import INFDModel
-from infd_solve.metrics import edge_gradient_ratio, gradient_magnitude, line_scores
+from infd_solve.data import TEST_SEED_OFFSET, scene_tensor
+from infd_solve.metrics import (edge_gradient_ratio, gradient_concentration, gradient_magnitude, line_scores,
+                                spurious_line_share, thin_line_map)
 from infd_solve.models.renderer import RendererConfig
 
 from .helpers import tiny_config
@@ -104,6 +108,48 @@ def test_edge_gradient_ratio_sees_a_frame():
         edge_gradient_ratio(bands[..., :5, :])
 
 
+def reflect_blur(images: torch.Tensor, k: int = 5) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(images, (k // 2,) * 4, mode="reflect"), k, 1)
+
+
+def test_thin_line_map_scores_a_thin_line_far_above_a_step_edge_and_flat_content_not_at_all():
+    edge, line = torch.zeros(2, 1, 1, 64, 64)
+    edge[..., 32:] = 1
+    line[..., 32] = 1
+    assert float(thin_line_map(line).max()) == pytest.approx(0.399, abs=0.005)
+    assert float(thin_line_map(edge).max()) < 0.08
+    assert float(thin_line_map(torch.full((1, 3, 32, 32), 0.3)).max()) < 1e-9
+    with pytest.raises(ValueError, match="too small"):
+        thin_line_map(torch.zeros(1, 1, 4, 4))
+
+
+def test_spurious_line_share_sees_invented_wavy_lines_on_real_scenes_and_not_blur():
+    """Windows of held-out scenes at 1024 density: the truth itself invents nothing, a blurred copy next to
+    nothing, two wavy dark contours drawn across each window (the adversarial renderer's artifact) a lot."""
+    truth = torch.cat([scene_tensor(TEST_SEED_OFFSET + i, 128, (0.25, 0.5, 0.375, 0.625)) for i in range(4)])
+    worms = truth.clone()
+    for x in range(128):
+        for row in (30, 80):
+            worms[..., round(row + 6 * math.sin(x / 7)), x] -= 0.3
+    assert spurious_line_share(truth, truth) == 0
+    assert spurious_line_share(reflect_blur(truth), truth) < 0.02
+    assert spurious_line_share(worms, truth) > 0.5
+    with pytest.raises(ValueError, match="equal shapes"):
+        spurious_line_share(truth[..., :64], truth)
+
+
+def test_gradient_concentration_falls_with_mottling_and_blur_of_real_scenes():
+    whole = torch.cat([scene_tensor(TEST_SEED_OFFSET + i, 256) for i in range(4)])
+    noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mottled = whole + 0.08 * F.interpolate(noise, size=256, mode="bicubic", align_corners=False)
+    sharp = gradient_concentration(whole)
+    assert (sharp > 0.4).all()
+    assert (gradient_concentration(mottled) < sharp - 0.05).all()
+    assert (gradient_concentration(reflect_blur(whole)) < sharp - 0.02).all()
+    with pytest.raises(ValueError, match="top"):
+        gradient_concentration(whole, top=1.5)
+
+
 def test_eval_default_measures_crispness_against_the_truth_at_the_same_size(tmp_path):
     """The recipe's crispness section on the shipped model and held-out scenes: no frame, the truth's own
     frame ratio about 1; the gradient ratio is a finite, positive number (two scenes' random windows vary too much
@@ -118,4 +164,22 @@ def test_eval_default_measures_crispness_against_the_truth_at_the_same_size(tmp_
         assert 0.05 < table[f"gradient samples / truth @{size}"] < 5
     vertical, horizontal = table["lines across images @256 (vertical, horizontal): samples"]
     assert 0 < vertical < 1 and 0 < horizontal < 1
+    samples, truth = table["gradient concentration @256: samples / truth"]
+    assert 0.1 < samples < 1 and 0.4 < truth < 1
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval.png").is_file()
+
+
+def test_eval_default_reconstruction_rows_for_invented_lines_and_concentration():
+    """The shipped renderer (no adversarial training) invents about as few thin lines as bicubic does, and its
+    reconstructions at 256 concentrate their gradient less than the truth (they are blurred)."""
+    import numpy as np
+
+    from .helpers import load_recipe
+
+    eval_default = load_recipe("eval_default")
+    scenes = [eval_default.sample_scene(TEST_SEED_OFFSET + 10_000 + i) for i in range(2)]
+    with torch.no_grad():
+        table = eval_default.reconstruction(infd_solve.load_model("default"), scenes, np.random.default_rng(0))
+    ours, classical = table[next(k for k in table if k.startswith("invented thin lines @1024"))]
+    assert 0 <= ours < 0.1 and 0 <= classical < 0.1
+    assert 0.1 < table["gradient concentration @256: reconstruction"] < table["gradient concentration @256: truth"]
