@@ -1,6 +1,6 @@
 """How well a model's denoiser estimates x0 from noisy latents of held-out scenes, by noise level.
 
-For each timestep t: the held-out scenes' latents (as the denoiser sees them, ``z * latent_scale``) are noised,
+For each timestep t: the held-out scenes' latents (as the denoiser sees them, ``model.scale(z)``) are noised,
 the denoiser's eps (``INFDModel.denoise``, whatever it predicts) gives ``x0 = (z_t - sqrt(1 - a) eps) / sqrt(a)``,
 and the table reports that estimate's mean squared error over the error of predicting each channel's mean: below
 1 the denoiser knows something. An eps error is amplified by ``1 / sqrt(a)`` at high noise; this shows it.
@@ -38,7 +38,7 @@ def x0_error_ratios(model, scenes: int, timesteps, seed: int = 0) -> dict[int, f
     """``{t: x0 MSE / channel-mean MSE}`` over the latents of ``scenes`` held-out scenes."""
     size = model.config.input_size
     x = torch.cat([scene_tensor(TEST_SEED_OFFSET + 10_000 + i, size) for i in range(scenes)]).to(model.device)
-    z0 = model.encode(x.to(model.dtype)) * model.config.latent_scale
+    z0 = model.scale(model.encode(x.to(model.dtype)))
     baseline = (z0 - z0.mean((0, 2, 3), keepdim=True)).pow(2).mean()
     generator = torch.Generator().manual_seed(seed)
     ratios = {}

@@ -214,7 +214,8 @@ def main(argv=None):
     if args.init:
         if args.freeze_encoder:  # the latents stay the same, so the init's denoiser stays valid: keep it
             config = dataclasses.replace(config, unet=init.config.unet, scheduler=init.config.scheduler,
-                                         latent_scale=init.config.latent_scale)
+                                         latent_scale=init.config.latent_scale,
+                                         latent_shift=init.config.latent_shift)
     model = INFDModel(config)
     if args.init:
         skip = ("unet.",) if not args.freeze_encoder or init.config.unet is None else ()

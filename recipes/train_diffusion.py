@@ -41,6 +41,16 @@ from infd_solve.viz import plot_training
 
 
 
+def set_latent_normalization(config, latents: torch.Tensor, per_channel: bool) -> None:
+    """``config.latent_scale`` (and with ``per_channel`` ``latent_shift``) that give the denoiser unit-variance
+    latents: one scale for all channels, or each channel's mean and scale."""
+    if per_channel:
+        config.latent_shift = [round(float(v), 4) for v in latents.mean((0, 2, 3))]
+        config.latent_scale = [round(1.0 / float(v), 4) for v in latents.std((0, 2, 3))]
+    else:
+        config.latent_shift, config.latent_scale = None, round(1.0 / float(latents.std()), 4)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--autoencoder", required=True, help="model directory (or official .pth) whose latents to model")
@@ -55,6 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--prediction", choices=PREDICTION_TYPES, default="epsilon",
                    help="what the denoiser predicts: the noise (official) or v, which keeps its error small in x0 "
                         "at high noise, where an eps error is amplified by 1/sqrt(alpha_bar)")
+    p.add_argument("--normalize-channels", action="store_true",
+                   help="zero mean and unit variance per latent channel (per-channel latent_shift and latent_scale; "
+                        "by default one latent_scale for all): a code whose channels differ in variance, as a "
+                        "patch code's do, otherwise keeps its strong channels' signal to far higher noise levels "
+                        "than the weak ones', so few of the schedule's steps decide them")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -120,14 +135,17 @@ def main(argv=None):
         latents = encode_scenes(model, args.num_scenes, mirror=True, workers=args.workers).cpu()
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
-    config.latent_scale = model.config.latent_scale = round(1.0 / float(latents.std()), 4)
+    set_latent_normalization(config, latents, args.normalize_channels)
+    model.config.latent_scale, model.config.latent_shift = config.latent_scale, config.latent_shift
     print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}; "
-          f"latent_scale {config.latent_scale}")
-    latents = latents.to(device) * config.latent_scale
+          f"latent_scale {config.latent_scale}" + (f", latent_shift {config.latent_shift}" if config.latent_shift
+                                                   else ""))
+    latents = model.scale(latents.to(device))
 
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
-    state = load_train_state(state_path, args.resume)
+    # a state from a run with other latent units would go on learning the wrong space (None: one scale, as before)
+    state = load_train_state(state_path, args.resume, must_match={"latent_shift": config.latent_shift})
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
@@ -136,7 +154,7 @@ def main(argv=None):
 
     def save_state():
         save_train_state(state_path, unet=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                         wall=wall, history=history, args=vars(args))
+                         wall=wall, history=history, args=vars(args), latent_shift=config.latent_shift)
 
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
     stop_at = deadline(args.time_limit)

@@ -13,7 +13,7 @@ import infd_solve
 from infd_solve.data import scene_tensor
 from infd_solve.training import encode_scenes
 
-from .helpers import REPO, load_recipe
+from .helpers import REPO, load_recipe, tiny_config
 
 RECIPES = REPO / "recipes"
 
@@ -97,6 +97,40 @@ def test_diffusion_learns_encoded_mirror_images_not_flipped_latents(diffusion):
     torch.testing.assert_close(latents[8:], mirrored, atol=1e-5, rtol=1e-4)
     flipped_error = (latents[:8].flip(-1) - mirrored).pow(2).mean() / mirrored.var()
     assert flipped_error > 1e-3
+
+
+def test_diffusion_with_normalized_channels_gives_the_denoiser_unit_channels(diffusion, tmp_path):
+    """``--normalize-channels``: each channel's mean and scale in the config; the cached training latents, in the
+    denoiser's space, have zero mean and unit variance per channel; samples come back in the decoder's units. A
+    state of a one-scale run is refused on --resume."""
+    out = tmp_path / "per_channel"
+    flags = ["--autoencoder", str(diffusion / "infd"), "--out", str(out), "--normalize-channels"] + TINY_DM
+    load_recipe("train_diffusion").main(flags)
+    model = infd_solve.load_model(out / "infd")
+    assert len(model.config.latent_scale) == len(model.config.latent_shift) == 3
+    seen = model.scale(torch.load(out / "latents.pt", weights_only=True))
+    torch.testing.assert_close(seen.mean((0, 2, 3)), torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(seen.std((0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+    z = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model.scale(model.unscale(z)), z)
+    (out / "state.pt").unlink()
+    shutil.copy(diffusion / "state.pt", out / "state.pt")
+    with pytest.raises(ValueError, match="latent_shift"):
+        load_recipe("train_diffusion").main(flags + ["--resume"])
+
+
+def test_per_channel_latent_units_are_checked_and_saved():
+    from infd_solve import INFDConfig
+
+    config = tiny_config(with_unet=False)
+    config.latent_scale, config.latent_shift = [1.0, 2.0, 0.5], [0.1, -0.2, 0.0]
+    again = INFDConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert (again.latent_scale, again.latent_shift) == ([1.0, 2.0, 0.5], [0.1, -0.2, 0.0])
+    assert "latent_shift" not in tiny_config(with_unet=False).to_dict()  # one scale: configs stay as they were
+    with pytest.raises(ValueError, match="one value per latent channel"):
+        INFDConfig.from_dict(config.to_dict() | {"latent_scale": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="latent_scale"):
+        INFDConfig.from_dict(config.to_dict() | {"latent_scale": [1.0, 0.0, 1.0]})
 
 
 def test_diffusion_from_a_complete_model_trains_a_new_denoiser(diffusion, tmp_path):

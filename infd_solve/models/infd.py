@@ -62,9 +62,10 @@ class INFDConfig:
                                  "beta_start": 0.0015, "beta_end": 0.0195}
     )  # diffusers DDPMScheduler config
     ddim_eta: float = 1.0
-    # The denoiser models z * latent_scale (diffusers' "scaling_factor"): unit-variance latents suit the noise
-    # schedule. Official checkpoints use 1.
-    latent_scale: float = 1.0
+    # The denoiser models (z - latent_shift) * latent_scale (diffusers' "scaling_factor"; per channel when
+    # lists): unit-variance latents suit the noise schedule. Official checkpoints use 1 and no shift.
+    latent_scale: float | list[float] = 1.0
+    latent_shift: list[float] | None = None
 
     def __post_init__(self):
         from .. import checks
@@ -73,7 +74,9 @@ class INFDConfig:
             raise ValueError(f"z_shape must be (channels, height, width), got {checks.shown(self.z_shape)}")
         self.z_shape = tuple(checks.integer(v, "z_shape", 1) for v in self.z_shape)
         self.ddim_eta = checks.number(self.ddim_eta, "ddim_eta", 0.0, 1.0)
-        self.latent_scale = checks.number(self.latent_scale, "latent_scale", strict=True)
+        self.latent_scale = self._per_channel(self.latent_scale, "latent_scale", low=0.0)
+        if self.latent_shift is not None:
+            self.latent_shift = self._per_channel(list(self.latent_shift), "latent_shift", low=None)
         for name in ("encoder", "decoder"):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, autoencoder_config(getattr(self, name), name))
@@ -97,6 +100,16 @@ class INFDConfig:
                 f"{self.decoder.field_channels} channels"
             )
 
+    def _per_channel(self, value, name: str, low: float | None) -> float | list[float]:
+        """A number (> ``low``), or a list of one per latent channel."""
+        from .. import checks
+
+        if not isinstance(value, (list, tuple)):
+            return checks.number(value, name, low, strict=low is not None)
+        if len(value) != self.z_shape[0]:
+            raise ValueError(f"{name} needs one value per latent channel ({self.z_shape[0]}), got {len(value)}")
+        return [checks.number(v, name, low, strict=low is not None) for v in value]
+
     @property
     def input_size(self) -> tuple[int, int]:
         """Image size the encoder expects (latent size times the downsampling factor)."""
@@ -115,7 +128,7 @@ class INFDConfig:
             "scheduler": self.scheduler,
             "ddim_eta": self.ddim_eta,
             "latent_scale": self.latent_scale,
-        }
+        } | ({} if self.latent_shift is None else {"latent_shift": self.latent_shift})
 
     @classmethod
     def from_dict(cls, d: dict) -> "INFDConfig":
@@ -268,9 +281,21 @@ class INFDModel(nn.Module):
             z = sample_ddim(self.denoise, x, self.alphas_cumprod, timesteps, eta, generator, callback, progress)
         return self.unscale(z)
 
+    def scale(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent in the decoder's units (what :meth:`encode` gives) in the denoiser's space, what samplers see:
+        ``(z - latent_shift) * latent_scale``."""
+        shift, scale = self._latent_affine(z)
+        return (z - shift) * scale
+
     def unscale(self, z: torch.Tensor) -> torch.Tensor:
-        """A latent of the denoiser's space (``z * latent_scale``, what samplers see) in the decoder's units."""
-        return z / self.config.latent_scale
+        """A latent of the denoiser's space (what samplers see) in the decoder's units; undoes :meth:`scale`."""
+        shift, scale = self._latent_affine(z)
+        return z / scale + shift
+
+    def _latent_affine(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``latent_shift`` and ``latent_scale`` as tensors that broadcast over ``B x C x h x w`` latents."""
+        as_tensor = lambda v: torch.as_tensor(v, dtype=z.dtype, device=z.device).reshape(-1, 1, 1)
+        return as_tensor(self.config.latent_shift or 0.0), as_tensor(self.config.latent_scale)
 
     # ------------------------------------------------------------------------------------------- utilities
     @property
