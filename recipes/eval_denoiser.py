@@ -2,8 +2,8 @@
 
 For each timestep t: the held-out scenes' latents (as the denoiser sees them, ``model.scale(z)``) are noised,
 the denoiser's eps (``INFDModel.denoise``, whatever it predicts) gives ``x0 = (z_t - sqrt(1 - a) eps) / sqrt(a)``,
-and the table reports that estimate's mean squared error over the error of predicting each channel's mean: below
-1 the denoiser knows something. An eps error is amplified by ``1 / sqrt(a)`` at high noise; this shows it.
+and the table reports that estimate's mean squared error over the error of predicting each channel's mean, both in
+the decoder's units (so one scale or per-channel units compare): below 1 the denoiser knows something. An eps error is amplified by ``1 / sqrt(a)`` at high noise; this shows it.
 
     python recipes/eval_denoiser.py --model runs/dm/infd
 """
@@ -38,15 +38,17 @@ def x0_error_ratios(model, scenes: int, timesteps, seed: int = 0) -> dict[int, f
     """``{t: x0 MSE / channel-mean MSE}`` over the latents of ``scenes`` held-out scenes."""
     size = model.config.input_size
     x = torch.cat([scene_tensor(TEST_SEED_OFFSET + 10_000 + i, size) for i in range(scenes)]).to(model.device)
-    z0 = model.scale(model.encode(x.to(model.dtype)))
-    baseline = (z0 - z0.mean((0, 2, 3), keepdim=True)).pow(2).mean()
+    latents = model.encode(x.to(model.dtype))
+    z0 = model.scale(latents)
+    # errors in the decoder's units, so that models whose denoisers see other latent units compare
+    baseline = (latents - latents.mean((0, 2, 3), keepdim=True)).pow(2).mean()
     generator = torch.Generator().manual_seed(seed)
     ratios = {}
     for t in timesteps:
         a = model.alphas_cumprod[t].to(z0)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=generator).to(z0)
         x0 = (z_t - (1 - a).sqrt() * model.denoise(z_t, t)) / a.sqrt()
-        ratios[t] = float((x0 - z0).pow(2).mean() / baseline)
+        ratios[t] = float((model.unscale(x0) - latents).pow(2).mean() / baseline)
     return ratios
 
 
