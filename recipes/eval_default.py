@@ -102,16 +102,16 @@ def reconstruction(model, scenes, rng) -> dict:
             psnr(area_downsample(model.render(phi, 256, box), 4), model.render(phi, 64, box)))
         for size in (1024, 2048):
             window = aligned_box(rng, size, 128)
-            ours, truth = model.render(phi, 128, window), gt(scene, window, 128)
-            add(f"reconstruction gradient @{size}", gradient_magnitude(ours))
-            add(f"truth gradient @{size}", gradient_magnitude(truth))
+            ours_window, truth_window = model.render(phi, 128, window), gt(scene, window, 128)
+            add(f"window gradient @{size}: reconstruction", gradient_magnitude(ours_window))
+            add(f"window gradient @{size}: truth", gradient_magnitude(truth_window))
             if size == 1024:
-                windows.append((ours.clamp(-1, 1), truth, crop(bicubic(gt(scene, size=s_in), size), window)))
-    table = {k: float(np.mean(v)) for k, v in values.items() if "reconstruction gradient" not in k
-             and "truth gradient" not in k}
+                classical = crop(bicubic(gt(scene, size=s_in), size), window)
+                windows.append((ours_window.clamp(-1, 1), truth_window, classical))
+    table = {k: float(np.mean(v)) for k, v in values.items() if not k.startswith("window gradient")}
     for size in (1024, 2048):
-        table[f"reconstruction / truth gradient @{size}"] = (np.mean(values[f"reconstruction gradient @{size}"])
-                                                             / np.mean(values[f"truth gradient @{size}"]))
+        table[f"reconstruction / truth gradient @{size}"] = (np.mean(values[f"window gradient @{size}: reconstruction"])
+                                                             / np.mean(values[f"window gradient @{size}: truth"]))
     ours, truth, classical = (torch.cat(w) for w in zip(*windows))
     table[f"invented thin lines @1024, share of the truth's: reconstruction / bicubic from {s_in}"] = (
         spurious_line_share(ours, truth), spurious_line_share(classical, truth))
@@ -209,8 +209,8 @@ def crispness(model, phis, scenes, samples_256, rng, frame_samples: int = 16) ->
         truth = frame([b for s in scenes[:frame_samples] for b in edge_bands(lambda box, hw: gt(s, box, hw), size)])
         table[f"canvas frame @{size}: outer 2 px / inner gradient, samples / truth"] = (ours, truth)
     real = torch.cat([gt(s) for s in scenes])
-    table["gradient concentration @256: samples / truth"] = (float(gradient_concentration(samples_256.clamp(-1, 1)).mean()),
-                                                              float(gradient_concentration(real).mean()))
+    concentration = lambda images: float(gradient_concentration(images.clamp(-1, 1)).mean())
+    table["gradient concentration @256: samples / truth"] = (concentration(samples_256), concentration(real))
     table["lines across images @256 (vertical, horizontal): samples"] = line_scores(samples_256)
     table["lines across images @256 (vertical, horizontal): truth"] = line_scores(real)
     return table

@@ -3,7 +3,8 @@
 For each timestep t: the held-out scenes' latents (as the denoiser sees them, ``model.scale(z)``) are noised,
 the denoiser's eps (``INFDModel.denoise``, whatever it predicts) gives ``x0 = (z_t - sqrt(1 - a) eps) / sqrt(a)``,
 and the table reports that estimate's mean squared error over the error of predicting each channel's mean, both in
-the decoder's units (so one scale or per-channel units compare): below 1 the denoiser knows something. An eps error is amplified by ``1 / sqrt(a)`` at high noise; this shows it.
+the decoder's units (so one scale or per-channel units compare): below 1 the denoiser knows something. An eps
+error is amplified by ``1 / sqrt(a)`` at high noise; this shows it.
 
     python recipes/eval_denoiser.py --model runs/dm/infd
 """

@@ -1,5 +1,6 @@
 """The crispness and artifact measures of ``recipes/eval_default.py`` (gradient magnitude, the canvas frame, long
-lines, invented thin lines, gradient concentration) and the renderer's padding at the canvas edge, which removes the frame zero padding draws."""
+lines, invented thin lines, gradient concentration) and the renderer's padding at the canvas edge, which removes
+the frame zero padding draws."""
 
 import math
 
