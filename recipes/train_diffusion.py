@@ -41,14 +41,14 @@ from infd_solve.viz import plot_training
 
 
 
-def set_latent_normalization(config, latents: torch.Tensor, per_channel: bool) -> None:
-    """``config.latent_scale`` (and with ``per_channel`` ``latent_shift``) that give the denoiser unit-variance
-    latents: one scale for all channels, or each channel's mean and scale."""
+def set_latent_normalization(config, latents: torch.Tensor, per_channel: bool, input_scale: float = 1.0) -> None:
+    """``config.latent_scale`` (and with ``per_channel`` ``latent_shift``) that give the denoiser latents of
+    standard deviation ``input_scale``: one scale for all channels, or each channel's mean and scale."""
     if per_channel:
         config.latent_shift = [round(float(v), 4) for v in latents.mean((0, 2, 3))]
-        config.latent_scale = [round(1.0 / float(v), 4) for v in latents.std((0, 2, 3))]
+        config.latent_scale = [round(input_scale / float(v), 4) for v in latents.std((0, 2, 3))]
     else:
-        config.latent_shift, config.latent_scale = None, round(1.0 / float(latents.std()), 4)
+        config.latent_shift, config.latent_scale = None, round(input_scale / float(latents.std()), 4)
 
 
 def parse_args(argv=None):
@@ -70,6 +70,11 @@ def parse_args(argv=None):
                         "by default one latent_scale for all): a code whose channels differ in variance, as a "
                         "patch code's do, otherwise keeps its strong channels' signal to far higher noise levels "
                         "than the weak ones', so few of the schedule's steps decide them")
+    p.add_argument("--input-scale", type=float, default=1.0,
+                   help="the denoiser's latents at this standard deviation instead of 1 (the input scaling of Chen, "
+                        "'On the importance of noise scheduling', 2023): below 1 every timestep keeps less signal, "
+                        "which redundant data (many channels that carry one layout) may need for the schedule to "
+                        "decide its layout over more than its first few steps")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -83,7 +88,10 @@ def parse_args(argv=None):
                    help="start from this complete model's denoiser (same sizes and prediction), e.g. to continue a "
                         "run whose state.pt is lost: its EMA weights, a new optimizer")
     p.add_argument("--resume", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.input_scale > 0:
+        p.error(f"--input-scale must be positive (got {args.input_scale})")
+    return args
 
 
 def init_denoiser(unet, config, path) -> None:
@@ -135,7 +143,7 @@ def main(argv=None):
         latents = encode_scenes(model, args.num_scenes, mirror=True, workers=args.workers).cpu()
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
-    set_latent_normalization(config, latents, args.normalize_channels)
+    set_latent_normalization(config, latents, args.normalize_channels, args.input_scale)
     model.config.latent_scale, model.config.latent_shift = config.latent_scale, config.latent_shift
     print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}; "
           f"latent_scale {config.latent_scale}" + (f", latent_shift {config.latent_shift}" if config.latent_shift
@@ -144,8 +152,9 @@ def main(argv=None):
 
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
-    # a state from a run with other latent units would go on learning the wrong space (None: one scale, as before)
-    state = load_train_state(state_path, args.resume, must_match={"latent_shift": config.latent_shift})
+    # a state from a run with other latent units would go on learning the wrong space (None: as runs before the flags)
+    units = {"latent_shift": config.latent_shift, "input_scale": None if args.input_scale == 1 else args.input_scale}
+    state = load_train_state(state_path, args.resume, must_match=units)
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
@@ -154,7 +163,7 @@ def main(argv=None):
 
     def save_state():
         save_train_state(state_path, unet=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                         wall=wall, history=history, args=vars(args), latent_shift=config.latent_shift)
+                         wall=wall, history=history, args=vars(args), **units)
 
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
     stop_at = deadline(args.time_limit)

@@ -119,6 +119,24 @@ def test_diffusion_with_normalized_channels_gives_the_denoiser_unit_channels(dif
         load_recipe("train_diffusion").main(flags + ["--resume"])
 
 
+def test_diffusion_input_scale_gives_the_denoiser_latents_of_that_spread(diffusion, tmp_path):
+    """``--input-scale 0.5``: the denoiser's training latents have standard deviation 0.5 (half the default scale),
+    a state of a run at the default scale is refused on --resume, and a scale that is not positive is an error."""
+    out = tmp_path / "half"
+    flags = ["--autoencoder", str(diffusion / "infd"), "--out", str(out), "--input-scale", "0.5"] + TINY_DM
+    load_recipe("train_diffusion").main(flags)
+    model, default = infd_solve.load_model(out / "infd"), infd_solve.load_model(diffusion / "infd")
+    assert model.config.latent_scale == pytest.approx(default.config.latent_scale / 2, rel=1e-3)
+    seen = model.scale(torch.load(out / "latents.pt", weights_only=True))
+    assert float(seen.std()) == pytest.approx(0.5, rel=1e-3)
+    (out / "state.pt").unlink()
+    shutil.copy(diffusion / "state.pt", out / "state.pt")
+    with pytest.raises(ValueError, match="input_scale"):
+        load_recipe("train_diffusion").main(flags + ["--resume"])
+    with pytest.raises(SystemExit):
+        load_recipe("train_diffusion").parse_args(flags[:4] + ["--input-scale", "0"])
+
+
 def test_per_channel_latent_units_are_checked_and_saved():
     from infd_solve import INFDConfig
 
