@@ -41,14 +41,23 @@ from infd_solve.viz import plot_training
 
 
 
-def set_latent_normalization(config, latents: torch.Tensor, per_channel: bool, input_scale: float = 1.0) -> None:
-    """``config.latent_scale`` (and with ``per_channel`` ``latent_shift``) that give the denoiser latents of
-    standard deviation ``input_scale``: one scale for all channels, or each channel's mean and scale."""
+def set_latent_normalization(config, latents: torch.Tensor, per_channel: bool, input_scale: float = 1.0,
+                             channel_gamma: float = 1.0) -> None:
+    """``config.latent_scale`` (and with ``per_channel`` ``latent_shift``) for the denoiser's latents: one scale
+    for all channels, or each channel's mean and scale, at a spread of ``input_scale``. With ``channel_gamma``
+    each channel's scale goes as its standard deviation to the power ``gamma - 1`` (1: one scale; 0: the
+    channels at equal spreads; above 1 the strong channels keep more of the signal than the weak ones), with an
+    overall spread of ``input_scale``."""
     if per_channel:
         config.latent_shift = [round(float(v), 4) for v in latents.mean((0, 2, 3))]
         config.latent_scale = [round(input_scale / float(v), 4) for v in latents.std((0, 2, 3))]
-    else:
+    elif channel_gamma == 1:
         config.latent_shift, config.latent_scale = None, round(input_scale / float(latents.std()), 4)
+    else:
+        std = latents.std((0, 2, 3)).double()
+        scales = std.pow(channel_gamma - 1)
+        scales *= input_scale / (scales * std).pow(2).mean().sqrt()
+        config.latent_shift, config.latent_scale = None, [round(float(v), 4) for v in scales]
 
 
 def parse_args(argv=None):
@@ -75,6 +84,10 @@ def parse_args(argv=None):
                         "'On the importance of noise scheduling', 2023): below 1 every timestep keeps less signal, "
                         "which redundant data (many channels that carry one layout) may need for the schedule to "
                         "decide its layout over more than its first few steps")
+    p.add_argument("--channel-gamma", type=float, default=1.0,
+                   help="each latent channel's scale ~ its standard deviation ** (gamma - 1): 1 is one scale for "
+                        "all, 0 gives every channel the same spread, above 1 a code's strong (layout) channels keep "
+                        "more signal at each noise level than its weak (detail) ones")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -91,6 +104,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.input_scale > 0:
         p.error(f"--input-scale must be positive (got {args.input_scale})")
+    if args.normalize_channels and args.channel_gamma != 1:
+        p.error("--normalize-channels already gives every channel the same spread; drop --channel-gamma")
     return args
 
 
@@ -143,7 +158,7 @@ def main(argv=None):
         latents = encode_scenes(model, args.num_scenes, mirror=True, workers=args.workers).cpu()
         with atomic_path(latents_path) as tmp:
             torch.save(latents, tmp)
-    set_latent_normalization(config, latents, args.normalize_channels, args.input_scale)
+    set_latent_normalization(config, latents, args.normalize_channels, args.input_scale, args.channel_gamma)
     model.config.latent_scale, model.config.latent_shift = config.latent_scale, config.latent_shift
     print(f"latents: {tuple(latents.shape)}, mean {latents.mean():.3f}, std {latents.std():.3f}; "
           f"latent_scale {config.latent_scale}" + (f", latent_shift {config.latent_shift}" if config.latent_shift
@@ -153,7 +168,8 @@ def main(argv=None):
     history = {"step": [], "mse": []}
     step, wall = 0, 0.0
     # a state from a run with other latent units would go on learning the wrong space (None: as runs before the flags)
-    units = {"latent_shift": config.latent_shift, "input_scale": None if args.input_scale == 1 else args.input_scale}
+    units = {"latent_shift": config.latent_shift, "input_scale": None if args.input_scale == 1 else args.input_scale,
+             "channel_gamma": None if args.channel_gamma == 1 else args.channel_gamma}
     state = load_train_state(state_path, args.resume, must_match=units)
     if state is not None:
         unet.load_state_dict(state["unet"])

@@ -137,6 +137,24 @@ def test_diffusion_input_scale_gives_the_denoiser_latents_of_that_spread(diffusi
         load_recipe("train_diffusion").parse_args(flags[:4] + ["--input-scale", "0"])
 
 
+def test_diffusion_channel_gamma_gives_strong_channels_more_of_the_spread(diffusion, tmp_path):
+    """``--channel-gamma 2``: each channel's spread in the denoiser's space goes as its standard deviation squared
+    (one scale: as the standard deviation), the overall spread is ``--input-scale``; with --normalize-channels it
+    is an error."""
+    out = tmp_path / "gamma"
+    flags = ["--autoencoder", str(diffusion / "infd"), "--out", str(out), "--channel-gamma", "2",
+             "--input-scale", "1.5"] + TINY_DM
+    load_recipe("train_diffusion").main(flags)
+    model = infd_solve.load_model(out / "infd")
+    latents = torch.load(out / "latents.pt", weights_only=True)
+    std, seen = latents.std((0, 2, 3)), model.scale(latents).std((0, 2, 3))
+    assert len(model.config.latent_scale) == 3 and model.config.latent_shift is None
+    torch.testing.assert_close(seen / seen.max(), std.pow(2) / std.pow(2).max(), rtol=2e-3, atol=0)
+    assert float(seen.pow(2).mean().sqrt()) == pytest.approx(1.5, rel=2e-3)
+    with pytest.raises(SystemExit):
+        load_recipe("train_diffusion").parse_args(flags[:4] + ["--channel-gamma", "2", "--normalize-channels"])
+
+
 def test_per_channel_latent_units_are_checked_and_saved():
     from infd_solve import INFDConfig
 
