@@ -104,6 +104,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.input_scale > 0:
         p.error(f"--input-scale must be positive (got {args.input_scale})")
+    if not np.isfinite(args.channel_gamma):
+        p.error(f"--channel-gamma must be a finite number (got {args.channel_gamma})")
     if args.normalize_channels and args.channel_gamma != 1:
         p.error("--normalize-channels already gives every channel the same spread; drop --channel-gamma")
     return args
